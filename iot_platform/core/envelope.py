@@ -1,0 +1,149 @@
+"""The record format between the bridge and the consumer: Kafka headers around the raw payload.
+
+A record's value is always the MQTT payload, byte for byte. Everything else the consumer needs
+travels in headers, so the payload is never re-encoded. This module is pure (no Kafka import):
+headers are ``list[tuple[str, bytes]]`` as confluent-kafka produces and consumes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+FORMAT_VERSION = "1"
+
+# Header names: the stable contract between bridge and consumer.
+H_MQTT_TOPIC = "mqtt_topic"
+H_TENANT = "tenant_id"
+H_PROJECT = "project_id"
+H_QOS = "mqtt_qos"
+H_RETAIN = "mqtt_retain"
+H_RECEIVED_AT_MS = "received_at_ms"
+H_BRIDGE_ID = "bridge_id"
+H_FORMAT = "format_version"
+H_REASON = "reason"
+H_ORIGINAL_SIZE = "original_size"
+H_TRUNCATED = "truncated"
+
+Headers = list[tuple[str, bytes]]
+
+
+class EnvelopeError(ValueError):
+    """Headers that cannot be decoded into an envelope: a data error, dead-lettered by the consumer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Metadata of one good message, as the bridge received it."""
+
+    mqtt_topic: str
+    tenant_id: str
+    project_id: str
+    qos: int
+    retain: bool
+    received_at_ms: int
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEnvelope:
+    """Metadata of one rejected message: why, where from, and whether its bytes were cut."""
+
+    reason: str
+    mqtt_topic: str
+    received_at_ms: int
+    bridge_id: str
+    original_size: int
+    truncated: bool
+
+
+def encode_envelope(envelope: Envelope) -> Headers:
+    return [
+        (H_MQTT_TOPIC, envelope.mqtt_topic.encode()),
+        (H_TENANT, envelope.tenant_id.encode()),
+        (H_PROJECT, envelope.project_id.encode()),
+        (H_QOS, str(envelope.qos).encode()),
+        (H_RETAIN, b"1" if envelope.retain else b"0"),
+        (H_RECEIVED_AT_MS, str(envelope.received_at_ms).encode()),
+        (H_BRIDGE_ID, envelope.bridge_id.encode()),
+        (H_FORMAT, FORMAT_VERSION.encode()),
+    ]
+
+
+def encode_dead_letter(envelope: DeadLetterEnvelope) -> Headers:
+    # The topic may itself be the defect (invalid UTF-8 arrives as replacement characters).
+    return [
+        (H_REASON, envelope.reason.encode()),
+        (H_MQTT_TOPIC, envelope.mqtt_topic.encode("utf-8", "replace")),
+        (H_RECEIVED_AT_MS, str(envelope.received_at_ms).encode()),
+        (H_BRIDGE_ID, envelope.bridge_id.encode()),
+        (H_ORIGINAL_SIZE, str(envelope.original_size).encode()),
+        (H_TRUNCATED, b"1" if envelope.truncated else b"0"),
+        (H_FORMAT, FORMAT_VERSION.encode()),
+    ]
+
+
+def _as_mapping(headers: Iterable[tuple[str, bytes | None]] | None) -> Mapping[str, bytes | None]:
+    return dict(headers or ())
+
+
+def _text(values: Mapping[str, bytes | None], name: str) -> str:
+    raw = values.get(name)
+    if raw is None:
+        raise EnvelopeError(f"header {name!r} is missing")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(f"header {name!r} is not UTF-8") from exc
+    if "\x00" in text:
+        raise EnvelopeError(f"header {name!r} contains a NUL character")
+    return text
+
+
+def _int(values: Mapping[str, bytes | None], name: str) -> int:
+    text = _text(values, name)
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise EnvelopeError(f"header {name!r} is not an integer: {text[:40]!r}") from exc
+
+
+def decode_envelope(headers: Iterable[tuple[str, bytes | None]] | None) -> Envelope:
+    """Headers of a good record -> Envelope; raises EnvelopeError on anything malformed."""
+    values = _as_mapping(headers)
+    version = _text(values, H_FORMAT)
+    if version != FORMAT_VERSION:
+        raise EnvelopeError(f"unsupported format_version {version!r}")
+    return Envelope(
+        mqtt_topic=_text(values, H_MQTT_TOPIC),
+        tenant_id=_text(values, H_TENANT),
+        project_id=_text(values, H_PROJECT),
+        qos=_int(values, H_QOS),
+        retain=_text(values, H_RETAIN) == "1",
+        received_at_ms=_int(values, H_RECEIVED_AT_MS),
+        bridge_id=_text(values, H_BRIDGE_ID),
+    )
+
+
+def decode_dead_letter(headers: Iterable[tuple[str, bytes | None]] | None) -> DeadLetterEnvelope:
+    """Headers of a DLQ record -> DeadLetterEnvelope, tolerant: a dead letter is kept whatever its headers."""
+    values = _as_mapping(headers)
+
+    def text_or(name: str, default: str) -> str:
+        raw = values.get(name)
+        return default if raw is None else raw.decode("utf-8", "replace").replace("\x00", "\ufffd")
+
+    def int_or(name: str, default: int) -> int:
+        try:
+            return int(text_or(name, str(default)))
+        except ValueError:
+            return default
+
+    return DeadLetterEnvelope(
+        reason=text_or(H_REASON, "unknown"),
+        mqtt_topic=text_or(H_MQTT_TOPIC, ""),
+        received_at_ms=int_or(H_RECEIVED_AT_MS, 0),
+        bridge_id=text_or(H_BRIDGE_ID, ""),
+        original_size=int_or(H_ORIGINAL_SIZE, -1),
+        truncated=text_or(H_TRUNCATED, "0") == "1",
+    )

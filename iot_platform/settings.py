@@ -1,0 +1,128 @@
+"""The one settings object of the platform.
+
+Every value comes from an environment variable with the ``IOT_`` prefix (``IOT_MQTT_URL``,
+``IOT_PG_PORT``, ...) or from its default below; the README lists them all. Secrets are
+``SecretStr`` so they never appear in logs or reprs. Nothing else in the package reads
+``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TOPIC_GRAMMAR = "mtic/msg/client/realtime/{tenant_id}/{project_id}[/...]"
+DEFAULT_TOPIC_FILTER = "mtic/msg/client/realtime/#"
+DEFAULT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+THREE_DAYS_MS = 3 * 24 * 3600 * 1000
+
+
+def _default_bridge_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Platform configuration; see the README's settings table for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="IOT_", extra="ignore", frozen=True)
+
+    # Local platform state (`iot-platform dev ...`).
+    home: Path = Field(default=Path(".iot"), description="Directory of the local platform's data, logs and state.")
+    demo: bool = Field(default=True, description="`dev up` starts a small simulated device fleet.")
+
+    # MQTT (source of telemetry).
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port.")
+    mqtt_username: str | None = Field(default=None, description="Broker user name, if the broker needs one.")
+    mqtt_password: SecretStr | None = Field(default=None, description="Broker password.")
+    mqtt_topic_filter: str = Field(default=DEFAULT_TOPIC_FILTER, description="Subscription filter of the bridge.")
+    mqtt_topic_grammar: str = Field(default=DEFAULT_TOPIC_GRAMMAR, description="Topic grammar with {tenant_id} and {project_id}.")
+    mqtt_qos: Literal[1] = Field(default=1, description="Subscription QoS; only 1 is safe (DESIGN.md §2).")
+    mqtt_client_id: str = Field(default="iot-platform-bridge", description="Client id; the persistent session is keyed on it.")
+    mqtt_keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
+    mqtt_connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one MQTT connect attempt.")
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="How long the broker keeps the bridge's session.")
+    mqtt_receive_maximum: int = Field(default=1000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send at once.")
+    id_pattern: str = Field(default=DEFAULT_ID_PATTERN, description="Regular expression for tenant and project ids.")
+    max_payload_bytes: int = Field(default=900_000, gt=0, description="Larger payloads go to the dead-letter topic.")
+    stall_timeout_s: float = Field(default=120.0, gt=0, description="Connected but nothing received for this long: log a stall.")
+    bridge_id: str = Field(default_factory=_default_bridge_id, description="Bridge identity written in every record's headers.")
+
+    # Kafka.
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker (`dev up`).")
+    kafka_topic: str = Field(default="iot-messages", description="Topic of good messages.")
+    kafka_dlq_topic: str = Field(default="iot-messages-dlq", description="Topic of dead letters.")
+    kafka_partitions: int = Field(default=6, ge=1, description="Partitions of the messages topic.")
+    kafka_retention_ms: int = Field(default=THREE_DAYS_MS, gt=0, description="Retention of both topics.")
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(default="lz4", description="Producer compression.")
+    kafka_key_mode: Literal["tenant", "tenant_project"] = Field(default="tenant", description="Record key: tenant id, or tenant/project.")
+    kafka_linger_ms: int = Field(default=5, ge=0, description="Producer linger.")
+    kafka_delivery_timeout_ms: int = Field(default=120_000, gt=0, description="Producer delivery timeout; a timed-out message is retried, never acked.")
+    kafka_request_timeout_ms: int = Field(default=30_000, gt=0, description="Timeout of one Kafka request.")
+    kafka_consumer_group: str = Field(default="iot-postgres-writer", description="Consumer group of the PostgreSQL writer.")
+    kafka_max_message_bytes: int = Field(default=1_048_576, gt=0, description="Kafka's max message size; keep above max_payload_bytes.")
+
+    # Consumer.
+    consumer_batch_size: int = Field(default=10_000, gt=0, description="Records per database transaction, at most.")
+    consumer_batch_max_wait_ms: int = Field(default=500, gt=0, description="Longest wait to fill a batch.")
+    message_id_field: str = Field(default="msg_id", description="JSON field that deduplicates messages produced twice.")
+
+    # PostgreSQL.
+    pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
+    pg_port: int = Field(default=5432, description="PostgreSQL port.")
+    pg_user: str = Field(default="iot", description="PostgreSQL user of the platform.")
+    pg_password: SecretStr = Field(default=SecretStr("iot"), description="Its password.")
+    pg_database: str = Field(default="iot", description="Database of the telemetry.")
+    pg_dagster_database: str = Field(default="dagster", description="Database of Dagster's run and event storage.")
+    pg_connect_timeout_s: int = Field(default=10, gt=0, description="Connect timeout of every connection.")
+    pg_statement_timeout_ms: int = Field(default=60_000, gt=0, description="statement_timeout of every session.")
+    retention_hours: int = Field(default=72, gt=0, description="Raw messages and dead letters older than this are removed.")
+
+    # Dagster and observability.
+    dagster_host: str = Field(default="127.0.0.1", description="Dagster webserver host.")
+    dagster_port: int = Field(default=3000, description="Dagster webserver port.")
+    heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
+    bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
+    consumer_metrics_port: int = Field(default=9109, ge=0, description="Prometheus port of the consumer (0: off).")
+
+    # Grafana (optional).
+    grafana_url: str | None = Field(default=None, description="When set, dashboards are pushed through Grafana's HTTP API.")
+    grafana_user: str = Field(default="admin", description="Grafana admin user.")
+    grafana_password: SecretStr = Field(default=SecretStr("admin"), description="Grafana admin password.")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @cached_property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @cached_property
+    def mqtt_port(self) -> int:
+        return urlsplit(self.mqtt_url).port or 1883
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{self.dagster_host}:{self.dagster_port}"
+
+    def pg_dsn(self, database: str | None = None, *, with_password: bool = True) -> str:
+        """libpq URL of the platform database (or another one on the same server)."""
+        password = f":{quote(self.pg_password.get_secret_value(), safe='')}" if with_password else ""
+        return (
+            f"postgresql://{quote(self.pg_user, safe='')}{password}@{self.pg_host}:{self.pg_port}/"
+            f"{database or self.pg_database}?connect_timeout={self.pg_connect_timeout_s}"
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (tests, `dev up`)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
