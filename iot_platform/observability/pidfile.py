@@ -1,0 +1,40 @@
+"""Pid files of the long-running services, so `iot-platform dev status` can show their pids.
+
+A service writes ``{IOT_HOME}/run/{name}.pid`` when it starts and removes it when it exits. A
+stale file (its process gone) is reported as not running, never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def pidfile_path(home: Path, name: str) -> Path:
+    return home / "run" / f"{name}.pid"
+
+
+def read_live_pid(home: Path, name: str) -> int | None:
+    """The pid in the service's pid file if that process is alive, else None."""
+    try:
+        pid = int(pidfile_path(home, name).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@contextlib.contextmanager
+def pidfile(home: Path, name: str) -> Iterator[Path]:
+    """Hold ``{home}/run/{name}.pid`` for the lifetime of the block."""
+    path = pidfile_path(home, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
