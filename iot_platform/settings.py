@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -102,11 +101,11 @@ class Settings(BaseSettings):
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @cached_property
+    @property
     def mqtt_host(self) -> str:
         return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
 
-    @cached_property
+    @property
     def mqtt_port(self) -> int:
         return urlsplit(self.mqtt_url).port or 1883
 
