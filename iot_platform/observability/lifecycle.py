@@ -1,0 +1,43 @@
+"""Process lifecycle helpers shared by the services.
+
+Under Dagster a service runs as the child of a run worker. If that worker is SIGKILLed, the child
+would keep running beside the replacement the watchdog starts: two bridges on one session. With
+``IOT_EXIT_WITH_PARENT=true`` a service polls its parent and stops gracefully once it is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+
+class ParentWatch:
+    """Calls ``on_orphaned`` once when the process that started us has died."""
+
+    def __init__(self, on_orphaned: Callable[[], None], interval_s: float = 1.0) -> None:
+        self._parent = os.getppid()
+        self._on_orphaned = on_orphaned
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="parent-watch", daemon=True)
+
+    def start(self) -> "ParentWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            if os.getppid() != self._parent:
+                self._on_orphaned()
+                return
+
+
+def install_stop_signals(on_stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT both mean: stop receiving, flush, commit what is done, exit 0."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: on_stop())
