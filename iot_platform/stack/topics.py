@@ -1,0 +1,103 @@
+"""The platform's Kafka topics, created idempotently and corrected when their config drifted.
+
+Safe to run at every start: an existing topic is left alone except for the configs below, which are
+set back to the settings' values, and a partition count below the setting, which is raised (Kafka
+cannot lower it; a higher count is kept and logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+from iot_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    configs = {
+        "retention.ms": str(settings.kafka_retention_ms),
+        "compression.type": settings.kafka_compression if settings.kafka_compression != "none" else "producer",
+        "max.message.bytes": str(settings.kafka_max_message_bytes),
+        "cleanup.policy": "delete",
+    }
+    return [
+        TopicSpec(settings.kafka_topic, settings.kafka_partitions, configs),
+        # Dead letters are rare and unordered: one partition keeps them easy to read in order.
+        TopicSpec(settings.kafka_dlq_topic, 1, configs),
+    ]
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics, fix drifted configs and partition counts; returns what was changed."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 10_000})
+    existing = admin.list_topics(timeout=TIMEOUT_S).topics
+    changes: list[str] = []
+    specs = topic_specs(settings)
+    missing = [spec for spec in specs if spec.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.configs) for s in missing],
+            request_timeout=TIMEOUT_S,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout=TIMEOUT_S)
+                changes.append(f"created {name}")
+            except KafkaException as exc:
+                if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: a concurrent creator won
+                    raise
+    for spec in specs:
+        if spec.name in existing:
+            changes += _fix_partitions(admin, spec, len(existing[spec.name].partitions))
+        changes += _fix_configs(admin, spec)
+    for change in changes:
+        log.info("kafka topic change", extra={"change": change})
+    return changes
+
+
+def _fix_partitions(admin: AdminClient, spec: TopicSpec, current: int) -> list[str]:
+    if current > spec.partitions:
+        log.warning("topic has more partitions than configured", extra={"topic": spec.name, "partitions": current})
+        return []
+    if current == spec.partitions:
+        return []
+    futures = admin.create_partitions([NewPartitions(spec.name, spec.partitions)], request_timeout=TIMEOUT_S)
+    futures[spec.name].result(timeout=TIMEOUT_S)
+    return [f"{spec.name}: partitions {current} -> {spec.partitions}"]
+
+
+def _fix_configs(admin: AdminClient, spec: TopicSpec) -> list[str]:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
+    described = admin.describe_configs([resource], request_timeout=TIMEOUT_S)[resource].result(timeout=TIMEOUT_S)
+    drifted = {k: v for k, v in spec.configs.items() if k not in described or described[k].value != v}
+    if not drifted:
+        return []
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        spec.name,
+        incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in drifted.items()
+        ],
+    )
+    admin.incremental_alter_configs([resource], request_timeout=TIMEOUT_S)[resource].result(timeout=TIMEOUT_S)
+    return [f"{spec.name}: {k} {described[k].value if k in described else None} -> {v}" for k, v in drifted.items()]
