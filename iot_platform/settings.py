@@ -123,6 +123,18 @@ class Settings(BaseSettings):
         )
 
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as IOT_* variables, to hand to a child process (services, Dagster)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"IOT_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides (tests, `dev up`)."""
     return Settings(**overrides)  # type: ignore[arg-type]

@@ -16,10 +16,5 @@ def mqtt_topic(settings: Settings, tenant: str, project: str, *rest: str) -> str
 def service_env(settings: Settings) -> dict[str, str]:
     """Environment for running `iot-platform bridge|consumer` as a subprocess with these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"IOT_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update(settings.as_env())
     return env
