@@ -1,0 +1,144 @@
+"""From one MQTT message to the one Kafka record the bridge produces for it.
+
+A good message becomes a record on the messages topic: key = tenant id (or ``tenant/project``),
+value = the payload bytes unchanged, headers = the envelope (core/envelope.py). Anything else
+becomes a dead letter on the dead-letter topic, with a ``reason`` header and the original bytes.
+Only a dead letter that could not fit in Kafka's maximum message size is cut, and then it says so:
+``truncated=1`` and ``original_size`` (the marker travels in headers so the bytes stay a prefix of
+the original).
+
+Pure: no Kafka import; every rule comes from `RecordRules`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from iot_platform.core.envelope import (
+    DeadLetterEnvelope,
+    Envelope,
+    Headers,
+    encode_dead_letter,
+    encode_envelope,
+)
+from iot_platform.core.topics import Rejection, TopicGrammar, TopicMatch
+
+if TYPE_CHECKING:
+    from iot_platform.settings import Settings
+
+PAYLOAD_TOO_LARGE = "payload_too_large"
+KAFKA_REJECTED = "kafka_rejected"
+
+# Kafka's limit applies to the whole record batch: batch header (61), record framing (<= 21),
+# and per header two varints. Leaving a generous margin costs nothing on a dead letter.
+RECORD_OVERHEAD_BYTES = 512
+HEADER_OVERHEAD_BYTES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One MQTT message as the bridge received it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """What to produce; ``dead_letter_reason`` is None for a good message."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    dead_letter_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRules:
+    """Everything record building depends on, taken once from the settings."""
+
+    grammar: TopicGrammar
+    messages_topic: str
+    dead_letter_topic: str
+    key_mode: Literal["tenant", "tenant_project"]
+    max_payload_bytes: int
+    max_message_bytes: int
+    bridge_id: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecordRules:
+        return cls(
+            grammar=TopicGrammar(settings.mqtt_topic_grammar, settings.id_pattern),
+            messages_topic=settings.kafka_topic,
+            dead_letter_topic=settings.kafka_dlq_topic,
+            key_mode=settings.kafka_key_mode,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_message_bytes=settings.kafka_max_message_bytes,
+            bridge_id=settings.bridge_id,
+        )
+
+
+def record_key(match: TopicMatch, key_mode: Literal["tenant", "tenant_project"]) -> bytes:
+    if key_mode == "tenant_project":
+        return f"{match.tenant_id}/{match.project_id}".encode()
+    return match.tenant_id.encode()
+
+
+def build_record(message: InboundMessage, rules: RecordRules) -> KafkaRecord:
+    """The record for a message: good, or a dead letter saying why not."""
+    parsed = rules.grammar.parse(message.topic)
+    if isinstance(parsed, Rejection):
+        return dead_letter_record(message, parsed.reason, rules)
+    if len(message.payload) > rules.max_payload_bytes:
+        return dead_letter_record(message, PAYLOAD_TOO_LARGE, rules)
+    envelope = Envelope(
+        mqtt_topic=message.topic,
+        tenant_id=parsed.tenant_id,
+        project_id=parsed.project_id,
+        qos=message.qos,
+        retain=message.retain,
+        received_at_ms=message.received_at_ms,
+        bridge_id=rules.bridge_id,
+    )
+    return KafkaRecord(
+        topic=rules.messages_topic,
+        key=record_key(parsed, rules.key_mode),
+        value=message.payload,
+        headers=encode_envelope(envelope),
+    )
+
+
+def headers_size(headers: Headers) -> int:
+    return sum(len(name.encode()) + len(value) + HEADER_OVERHEAD_BYTES for name, value in headers)
+
+
+def dead_letter_record(message: InboundMessage, reason: str, rules: RecordRules) -> KafkaRecord:
+    """A dead letter with the original bytes, cut (and marked) only where Kafka could not take them."""
+
+    def headers(truncated: bool) -> Headers:
+        return encode_dead_letter(
+            DeadLetterEnvelope(
+                reason=reason,
+                mqtt_topic=message.topic,
+                received_at_ms=message.received_at_ms,
+                bridge_id=rules.bridge_id,
+                original_size=len(message.payload),
+                truncated=truncated,
+            )
+        )
+
+    # Both header variants have the same size ("0" vs "1"), so the budget is exact for either.
+    budget = max(0, rules.max_message_bytes - RECORD_OVERHEAD_BYTES - headers_size(headers(False)))
+    truncated = len(message.payload) > budget
+    return KafkaRecord(
+        topic=rules.dead_letter_topic,
+        key=None,
+        value=message.payload[:budget] if truncated else message.payload,
+        headers=headers(truncated),
+        dead_letter_reason=reason,
+    )

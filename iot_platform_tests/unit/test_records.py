@@ -1,0 +1,133 @@
+"""Record building: good messages keep their bytes and get the envelope; bad ones become dead letters."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from iot_platform.core.envelope import decode_dead_letter, decode_envelope
+from iot_platform.core.records import (
+    PAYLOAD_TOO_LARGE,
+    RECORD_OVERHEAD_BYTES,
+    InboundMessage,
+    RecordRules,
+    build_record,
+    dead_letter_record,
+    headers_size,
+)
+from iot_platform.core.topics import INVALID_PROJECT_ID, INVALID_TENANT_ID, TOPIC_MISMATCH, TopicGrammar
+from iot_platform.settings import DEFAULT_ID_PATTERN, DEFAULT_TOPIC_GRAMMAR, Settings
+
+RULES = RecordRules(
+    grammar=TopicGrammar(DEFAULT_TOPIC_GRAMMAR, DEFAULT_ID_PATTERN),
+    messages_topic="msgs",
+    dead_letter_topic="dlq",
+    key_mode="tenant",
+    max_payload_bytes=1_000,
+    max_message_bytes=4_096,
+    bridge_id="bridge-1",
+)
+
+
+def message(topic: str = "mtic/msg/client/realtime/acme/p1/dev", payload: bytes = b'{"t": 1}') -> InboundMessage:
+    return InboundMessage(topic=topic, payload=payload, qos=1, retain=True, received_at_ms=1_700_000_000_123)
+
+
+def test_good_message_keeps_bytes_and_carries_the_envelope() -> None:
+    """Value = payload unchanged, key = tenant, headers decode back to the message's metadata."""
+    payload = bytes(range(256))  # not UTF-8: bytes must pass untouched
+    record = build_record(message(payload=payload), RULES)
+    assert record.topic == "msgs"
+    assert record.key == b"acme"
+    assert record.value is payload
+    assert record.dead_letter_reason is None
+    envelope = decode_envelope(record.headers)
+    assert (envelope.mqtt_topic, envelope.tenant_id, envelope.project_id) == (
+        "mtic/msg/client/realtime/acme/p1/dev",
+        "acme",
+        "p1",
+    )
+    assert (envelope.qos, envelope.retain, envelope.received_at_ms, envelope.bridge_id) == (
+        1,
+        True,
+        1_700_000_000_123,
+        "bridge-1",
+    )
+
+
+@pytest.mark.parametrize(("mode", "key"), [("tenant", b"acme"), ("tenant_project", b"acme/p1")])
+def test_key_follows_key_mode(mode: str, key: bytes) -> None:
+    """The record key is the tenant id, or tenant/project when so configured."""
+    rules = dataclasses.replace(RULES, key_mode=mode)
+    assert build_record(message(), rules).key == key
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("mtic/msg/client/realtime/acme", b"x", TOPIC_MISMATCH),
+        ("elsewhere/acme/p1", b"x", TOPIC_MISMATCH),
+        ("mtic/msg/client/realtime/ac me/p1", b"x", INVALID_TENANT_ID),
+        ("mtic/msg/client/realtime/acme/p%1", b"x", INVALID_PROJECT_ID),
+        ("mtic/msg/client/realtime/acme/p1", b"x" * 1_001, PAYLOAD_TOO_LARGE),
+    ],
+)
+def test_bad_input_becomes_a_dead_letter_with_reason_and_original_bytes(topic: str, payload: bytes, reason: str) -> None:
+    """Bad topics, ids and sizes go to the DLQ topic, untruncated when they fit, with their reason."""
+    record = build_record(message(topic, payload), RULES)
+    assert record.topic == "dlq"
+    assert record.key is None
+    assert record.value == payload
+    assert record.dead_letter_reason == reason
+    dead = decode_dead_letter(record.headers)
+    assert (dead.reason, dead.mqtt_topic, dead.original_size, dead.truncated) == (reason, topic, len(payload), False)
+    assert dead.bridge_id == "bridge-1"
+    assert dead.received_at_ms == 1_700_000_000_123
+
+
+def test_payload_exactly_at_limit_is_good() -> None:
+    """The limit is inclusive: max_payload_bytes itself is accepted."""
+    assert build_record(message(payload=b"x" * 1_000), RULES).dead_letter_reason is None
+
+
+def test_dead_letter_too_big_for_kafka_is_truncated_with_marker() -> None:
+    """Only a dead letter that cannot fit is cut: a prefix of the bytes, truncated=1, original size."""
+    payload = bytes(range(256)) * 40  # 10,240 bytes > 4,096
+    record = build_record(message(payload=payload), RULES)
+    dead = decode_dead_letter(record.headers)
+    assert dead.truncated is True
+    assert dead.original_size == len(payload)
+    assert payload.startswith(record.value)
+    assert 0 < len(record.value) < len(payload)
+    assert len(record.value) + headers_size(record.headers) + RECORD_OVERHEAD_BYTES <= RULES.max_message_bytes
+
+
+def test_dead_letter_that_just_fits_is_not_truncated() -> None:
+    """The largest dead letter that fits keeps all its bytes; one byte more is cut."""
+    # The probe's original_size has as many digits as the sizes tried below (4).
+    probe = dead_letter_record(message(payload=b"y" * 1_000), PAYLOAD_TOO_LARGE, RULES)
+    budget = RULES.max_message_bytes - RECORD_OVERHEAD_BYTES - headers_size(probe.headers)
+    fits = dead_letter_record(message(payload=b"y" * budget), PAYLOAD_TOO_LARGE, RULES)
+    assert fits.value == b"y" * budget and decode_dead_letter(fits.headers).truncated is False
+    cut = dead_letter_record(message(payload=b"y" * (budget + 1)), PAYLOAD_TOO_LARGE, RULES)
+    assert len(cut.value) == budget and decode_dead_letter(cut.headers).truncated is True
+
+
+def test_invalid_utf8_topic_still_dead_letters() -> None:
+    """A topic decoded with replacement characters still produces a valid dead-letter record."""
+    record = dead_letter_record(message(topic="bad\ufffd/\udcff"), "invalid_topic_encoding", RULES)
+    assert decode_dead_letter(record.headers).reason == "invalid_topic_encoding"
+
+
+def test_rules_from_settings() -> None:
+    """RecordRules takes every rule from the one settings object."""
+    settings = Settings(kafka_topic="a", kafka_dlq_topic="b", kafka_key_mode="tenant_project", bridge_id="x")
+    rules = RecordRules.from_settings(settings)
+    assert (rules.messages_topic, rules.dead_letter_topic, rules.key_mode, rules.bridge_id) == (
+        "a",
+        "b",
+        "tenant_project",
+        "x",
+    )
+    assert rules.max_payload_bytes < rules.max_message_bytes
