@@ -1,0 +1,36 @@
+# `make run` starts the whole platform locally; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test down status deps check-defs clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.installed
+	deploy/install-system-deps.sh
+	$(PY) -c 'from iot_platform.stack.kafka import kafka_classpath; kafka_classpath()'
+
+run: deps
+	$(VENV)/bin/iot-platform dev up
+
+status: $(VENV)/.installed
+	$(VENV)/bin/iot-platform dev status
+
+down: $(VENV)/.installed
+	$(VENV)/bin/iot-platform dev down
+
+check-defs: $(VENV)/.installed
+	$(VENV)/bin/dg check defs
+
+# pytest exits 5 when it collected no test: that is a broken suite, not a green one.
+test: deps
+	$(VENV)/bin/pytest -p no:cacheprovider iot_platform_tests/unit iot_platform_tests/integration iot_platform_tests/faults $(PYTEST_ARGS); \
+	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+clean:
+	rm -rf $(VENV) .iot

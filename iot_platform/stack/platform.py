@@ -1,0 +1,181 @@
+"""`iot-platform dev up | status | down`: the whole platform on one machine, each part a real server.
+
+State lives in ``IOT_HOME`` (default ``.iot/``): each server's data and log, and ``state.json``
+with the pids we started. ``up`` is safe to run twice (it starts only what is not running) and, if
+any part fails, stops what this call started and shows that part's log. ``down`` stops, by pid,
+the processes recorded in ``state.json`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iot_platform.observability.pidfile import read_live_pid
+from iot_platform.settings import Settings
+from iot_platform.stack import dagster_processes
+from iot_platform.stack.databases import ensure_platform_role_and_databases
+from iot_platform.stack.kafka import KafkaServer, ensure_topics
+from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.postgres import PostgresServer
+from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, wait_until
+
+log = logging.getLogger(__name__)
+SERVICES = ("bridge", "consumer")
+# Stopped in this order: producers of data first, storage last, so in-flight work can commit.
+STOP_ORDER = ("simulator", "dagster_daemon", "dagster_webserver", "mosquitto", "kafka", "postgres")
+
+
+@dataclass
+class PlatformState:
+    pids: dict[str, int | None] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, home: Path) -> "PlatformState":
+        try:
+            return cls(pids=json.loads((home / "state.json").read_text())["pids"])
+        except (OSError, ValueError, KeyError):
+            return cls()
+
+    def save(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "state.json").write_text(json.dumps({"pids": self.pids}, indent=2) + "\n")
+
+    def alive(self, name: str) -> bool:
+        return pid_alive(self.pids.get(name))
+
+
+class LocalPlatform:
+    def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.logs = self.home / "logs"
+        self.state = PlatformState.load(self.home)
+        self.progress = progress or (lambda line: None)
+        kafka_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+        self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host)
+        self.kafka = KafkaServer(self.home / "kafka", kafka_port, settings.kafka_controller_port)
+        self.mosquitto = MosquittoServer(self.home / "mosquitto", settings.mqtt_port, host=settings.mqtt_host)
+
+    # -- up ---------------------------------------------------------------------------------------
+    def up(self, demo: bool) -> None:
+        started: list[str] = []
+        try:
+            self._step("postgres", started, self._start_postgres)
+            self._step("kafka", started, self._start_kafka)
+            self._step("mosquitto", started, self._start_mosquitto)
+            self._apply_migrations()
+            self._step("dagster_webserver", started, self._start_webserver)
+            self._step("dagster_daemon", started, self._start_daemon)
+            self._wait_for_services()
+            if demo:
+                self._step("simulator", started, self._start_demo_fleet)
+        except BaseException:
+            self.progress(f"startup failed; stopping what this call started: {', '.join(started) or 'nothing'}")
+            for name in reversed(started):
+                self._stop(name)
+            raise
+
+    def _step(self, name: str, started: list[str], start: Callable[[], int | None]) -> None:
+        if self.state.alive(name):
+            self.progress(f"{name}: already running (pid {self.state.pids[name]})")
+            return
+        self.progress(f"{name}: starting ...")
+        begin = time.monotonic()
+        self.state.pids[name] = start()
+        self.state.save(self.home)
+        started.append(name)
+        self.progress(f"{name}: ready in {time.monotonic() - begin:.1f} s (pid {self.state.pids[name]})")
+
+    def _start_postgres(self) -> int | None:
+        self.postgres.start()
+        ensure_platform_role_and_databases(self.postgres.admin_dsn, self.settings)
+        return self.postgres.pid
+
+    def _start_kafka(self) -> int | None:
+        self.kafka.start()
+        for change in ensure_topics(self.settings):
+            self.progress(f"kafka: {change}")
+        return self.kafka.pid
+
+    def _start_mosquitto(self) -> int | None:
+        return self.mosquitto.start().pid
+
+    def _apply_migrations(self) -> None:
+        from iot_platform.storage.migrate import apply_migrations
+
+        applied = apply_migrations(self.settings)
+        self.progress(f"postgres: schema up to date ({len(applied)} migration(s) applied now)")
+
+    def _start_webserver(self) -> int:
+        return dagster_processes.start_webserver(self.settings, self.logs)
+
+    def _start_daemon(self) -> int:
+        return dagster_processes.start_daemon(self.settings, self.logs)
+
+    def _wait_for_services(self, timeout_s: float = 180.0) -> None:
+        self.progress("dagster: waiting for the watchdog to start the bridge and the consumer ...")
+        daemon = self.state.pids.get("dagster_daemon")
+        wait_until(
+            lambda: all(read_live_pid(self.home, name) for name in SERVICES),
+            timeout_s=timeout_s,
+            what="bridge and consumer under Dagster",
+            alive=lambda: pid_alive(daemon),
+            log_path=self.logs / "dagster-daemon.log",
+            interval_s=1.0,
+        )
+        for name in SERVICES:
+            self.progress(f"{name}: running under Dagster (pid {read_live_pid(self.home, name)})")
+
+    def _start_demo_fleet(self) -> int:
+        argv = [sys.executable, "-m", "iot_platform.cli", "simulate", "--demo"]
+        env = dagster_processes.dagster_env(self.settings)
+        return spawn(argv, self.logs / "simulator.log", env=env).pid
+
+    # -- status / down ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        pids: dict[str, int | None] = {n: p if pid_alive(p) else None for n, p in self.state.pids.items()}
+        for name in SERVICES:
+            pids[name] = read_live_pid(self.home, name)
+        return {
+            "mqtt": {"host": self.settings.mqtt_host, "port": self.settings.mqtt_port},
+            "kafka": {"bootstrap": self.settings.kafka_bootstrap, "topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic]},
+            "postgres": {"dsn": self.settings.pg_dsn(with_password=False)},
+            "dagster": {"url": self.settings.dagster_url},
+            "home": str(self.home),
+            "pids": pids,
+        }
+
+    def down(self) -> list[str]:
+        stopped = []
+        for name in STOP_ORDER:
+            if self.state.alive(name):
+                self.progress(f"{name}: stopping (pid {self.state.pids[name]})")
+                self._stop(name)
+                stopped.append(name)
+        # Services normally leave with the daemon's process group; a survivor is ours too.
+        for name in SERVICES:
+            pid = read_live_pid(self.home, name)
+            if pid:
+                self.progress(f"{name}: stopping (pid {pid})")
+                stop_group(pid)
+                stopped.append(name)
+        self.state.pids = {}
+        self.state.save(self.home)
+        return stopped
+
+    def _stop(self, name: str) -> None:
+        if name == "postgres":
+            self.postgres.stop(mode="fast")
+        else:
+            stop_group(self.state.pids.get(name), timeout_s=30)
+        self.state.pids[name] = None
+        self.state.save(self.home)
+
+
+__all__ = ["LocalPlatform", "PlatformState", "StackError"]
