@@ -148,7 +148,8 @@ def simulate(
         wait_until = time.monotonic() + drain_timeout_s
         while pending and time.monotonic() < wait_until:
             drain(block_s=0.1)
-            if progress is not None:
+            if progress is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + 0.5
                 _report(progress, result, len(pending), time.monotonic() - started)
     finally:
         result.elapsed_s = time.monotonic() - started
