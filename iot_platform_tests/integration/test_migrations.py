@@ -51,9 +51,10 @@ def test_partitions_ahead_and_on_demand(settings: Settings) -> None:
         with conn.cursor() as cur:
             cur.execute(
                 "INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, received_at, kafka_partition, kafka_offset)"
-                " VALUES ('t', 'p', 'x', '\\x00'::bytea, '2020-02-29 23:59:59.999+00', 0, 1) RETURNING (SELECT relname FROM pg_class WHERE oid = tableoid)"
+                " VALUES ('t', 'p', 'x', '\\x00'::bytea, '2020-02-29 23:59:59.999+00', 0, 1)"
             )
-            assert cur.fetchone()[0] == "messages_p20200229"
+            cur.execute("SELECT count(*) FROM iot.messages_p20200229")
+            assert cur.fetchone()[0] == 1
         conn.commit()
         with conn.cursor() as cur, pytest.raises(psycopg2.errors.CheckViolation):
             cur.execute(
