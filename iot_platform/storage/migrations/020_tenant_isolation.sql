@@ -1,4 +1,7 @@
 -- Tenant isolation: row-level security keyed on database roles (issue 6).
+-- Tables under RLS: iot.messages, iot.message_ids, iot.duplicate_messages, iot.dead_letters,
+-- iot.rollup_hourly, iot.rollup_hourly_fields, iot.tenant_roles. Tenants are granted SELECT on
+-- messages, dead_letters and the two rollup tables only.
 --
 -- Guarantee: a row of tenant data is visible to a query only when BOTH current_user and
 -- session_user are entitled to its tenant. A role is entitled to a tenant when it is listed with
@@ -61,7 +64,8 @@ DECLARE
     platform constant text := format(all_tenants, 'current_user') || ' AND ' || format(all_tenants, 'session_user');
     tbl text;
 BEGIN
-    FOREACH tbl IN ARRAY ARRAY['messages', 'dead_letters', 'rollup_hourly', 'rollup_hourly_fields', 'tenant_roles'] LOOP
+    FOREACH tbl IN ARRAY ARRAY['messages', 'message_ids', 'duplicate_messages', 'dead_letters',
+                               'rollup_hourly', 'rollup_hourly_fields', 'tenant_roles'] LOOP
         EXECUTE format('ALTER TABLE iot.%I ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('ALTER TABLE iot.%I FORCE ROW LEVEL SECURITY', tbl);
         -- Writes: the platform only (tenants hold no write privilege either). Separate commands,
@@ -90,10 +94,16 @@ GRANT SELECT ON iot.messages, iot.dead_letters, iot.rollup_hourly, iot.rollup_ho
     TO iot_tenant_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA iot TO iot_analyst;
 ALTER DEFAULT PRIVILEGES IN SCHEMA iot GRANT SELECT ON TABLES TO iot_analyst;
-GRANT SELECT, INSERT ON iot.messages, iot.dead_letters TO iot_ingest;
+GRANT SELECT, INSERT ON iot.messages, iot.message_ids, iot.duplicate_messages, iot.dead_letters TO iot_ingest;
 GRANT SELECT, INSERT, UPDATE ON iot.ingest_offsets TO iot_ingest;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA iot TO iot_ingest;
 ALTER DEFAULT PRIVILEGES IN SCHEMA iot GRANT USAGE ON SEQUENCES TO iot_ingest;
+-- The consumer creates a missing day partition on demand; creating a partition needs ownership of
+-- iot.messages, so a consumer logging in with the ingest role calls the owner's function. It only
+-- creates an empty partition for a date: nothing to read or change through it.
+ALTER FUNCTION iot.ensure_messages_partition(date) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION iot.ensure_messages_partition(date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION iot.ensure_messages_partition(date) TO iot_ingest;
 
 DO $partitions_and_views$
 DECLARE
