@@ -1,0 +1,1 @@
+"""Assets along the data path: MQTT -> Kafka -> raw table -> rollups -> dashboards."""
