@@ -38,12 +38,15 @@ class FleetSpec:
     max_payload_bytes: int = 900_000
     seed: int = 0
     tenant_prefix: str = "tenant"
+    bad_categories: tuple[str, ...] = BAD_CATEGORIES
 
     def __post_init__(self) -> None:
         if min(self.tenants, self.projects, self.devices) < 1:
             raise ValueError("tenants, projects and devices must each be at least 1")
         if not 0.0 <= self.bad_fraction <= 1.0:
             raise ValueError("bad_fraction must be within [0, 1]")
+        if not self.bad_categories or not set(self.bad_categories) <= set(BAD_CATEGORIES):
+            raise ValueError(f"bad_categories must be a non-empty subset of {BAD_CATEGORIES}")
 
     @property
     def size(self) -> int:
@@ -114,7 +117,7 @@ class Fleet:
         self._drift(device)
         category = GOOD
         if self.spec.bad_fraction and self._rng.random() < self.spec.bad_fraction:
-            category = self._rng.choice(BAD_CATEGORIES)
+            category = self._rng.choice(self.spec.bad_categories)
         return Telemetry(
             topic=self._topic(device, category),
             payload=self._payload(device, category, now_ms),

@@ -172,3 +172,16 @@ def test_token_bucket_refuses_non_positive_rate() -> None:
     """A zero or negative rate is a mistake, not 'unlimited'."""
     with pytest.raises(ValueError):
         TokenBucket(0.0)
+
+
+def test_bad_categories_can_be_narrowed() -> None:
+    """bad_categories limits which bad kinds are drawn (a poison burst without 900 kB payloads)."""
+    categories = {m.category for m in Fleet(spec(bad_fraction=1.0, bad_categories=(BAD_TOPIC, INVALID_ID))).messages(300, 0)}
+    assert categories == {BAD_TOPIC, INVALID_ID}
+
+
+@pytest.mark.parametrize("categories", [(), ("nonsense",)])
+def test_bad_categories_must_be_known(categories: tuple[str, ...]) -> None:
+    """An empty or unknown bad category is refused."""
+    with pytest.raises(ValueError):
+        spec(bad_categories=categories)
