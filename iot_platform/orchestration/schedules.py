@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from iot_platform.core.rollup import hour_of
-from iot_platform.orchestration.assets.rollups import HOURLY, PARTITION_FORMAT, iot_rollup_hourly
+from iot_platform.orchestration.assets.rollups import PARTITION_FORMAT, iot_rollup_hourly
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import RERUN_HOURS, SCHEDULED_CHECKS
 
@@ -14,7 +14,6 @@ BATCH_TAG = "iot/batch"  # dagster.yaml allows one run per value at a time: batc
 rollup_job = dg.define_asset_job(
     "iot_rollup_hourly_job",
     selection=dg.AssetSelection.assets(iot_rollup_hourly),  # with its blocking check
-    partitions_def=HOURLY,
     tags={BATCH_TAG: "rollup"},
     description="Recompute the hourly rollups of one hour.",
 )

@@ -1,0 +1,220 @@
+"""Dagster definitions without servers: watchdog decisions, schedules, retention planning, observer maths."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+from iot_platform.orchestration.definitions import defs
+from iot_platform.orchestration.observer import Snapshot, lag, rate
+from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.schedules import hours_to_roll, rollup_hourly_schedule
+from iot_platform.orchestration.services import SERVICE_TAG, WORKER_HOST_TAG, WORKER_PID_TAG
+from iot_platform.orchestration.watchdog import RunView, backoff_s, decide, service_watchdog
+from iot_platform.settings import Settings
+from iot_platform.storage.retention import Partition, parse_bound, partitions_to_drop
+
+UTC = timezone.utc
+HOST = "host-a"
+NOW = 1_000_000.0
+
+
+def alive_only(*pids: int):  # noqa: ANN201
+    return lambda pid: pid in pids
+
+
+# -- watchdog decisions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"])
+def test_an_active_run_is_left_alone(status: str) -> None:
+    """One run per service: any queued/starting/started/canceling run blocks a new launch."""
+    decision = decide([RunView("r1", status, NOW - 5, worker_pid=10, worker_host=HOST)], NOW, HOST, alive_only(10))
+    assert not decision.launch and decision.dead_runs == ()
+
+
+@pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "CANCELED"])
+def test_a_long_run_that_ended_is_relaunched_at_once(status: str) -> None:
+    """A service that ran for a while and stopped (crash, kill, terminate) comes back on the next tick."""
+    runs = [RunView("r1", status, NOW - 3600, NOW - 1)]
+    assert decide(runs, NOW, HOST, alive_only()).launch
+
+
+def test_no_history_launches() -> None:
+    """A service never run before is started."""
+    assert decide([], NOW, HOST, alive_only()).launch
+
+
+def test_started_run_with_dead_worker_is_reported_and_replaced() -> None:
+    """A STARTED run whose worker pid is gone on this host is marked dead and the service relaunched."""
+    decision = decide([RunView("r1", "STARTED", NOW - 60, worker_pid=10, worker_host=HOST)], NOW, HOST, alive_only())
+    assert decision.launch and decision.dead_runs == ("r1",)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        RunView("r1", "STARTED", NOW - 60, worker_pid=10, worker_host="other-host"),  # cannot see its pid
+        RunView("r1", "STARTED", NOW - 60),  # worker has not tagged itself yet
+        RunView("r1", "STARTING", NOW - 60, worker_pid=10, worker_host=HOST),  # only STARTED runs are judged
+    ],
+)
+def test_runs_whose_worker_cannot_be_judged_count_as_active(run: RunView) -> None:
+    """Only a STARTED run with a pid on this host is ever declared dead."""
+    decision = decide([run], NOW, HOST, alive_only())
+    assert not decision.launch and decision.dead_runs == ()
+
+
+@pytest.mark.parametrize(("failures", "expected"), [(0, 0.0), (1, 15.0), (2, 30.0), (3, 60.0), (5, 240.0), (6, 300.0), (20, 300.0)])
+def test_backoff_doubles_up_to_five_minutes(failures: int, expected: float) -> None:
+    """Crash loops back off 15 s, 30 s, 60 s ... capped at 300 s."""
+    assert backoff_s(failures) == expected
+
+
+def test_quick_failures_back_off() -> None:
+    """Two runs that failed within seconds of starting: wait 30 s after the last before relaunching."""
+    runs = [RunView("r2", "FAILURE", NOW - 12, NOW - 10), RunView("r1", "FAILURE", NOW - 42, NOW - 40)]
+    assert not decide(runs, NOW, HOST, alive_only()).launch
+    assert decide(runs, NOW + 21, HOST, alive_only()).launch
+
+
+def test_a_long_run_resets_the_backoff() -> None:
+    """Only consecutive quick failures count: a long healthy run before them breaks the chain."""
+    runs = [RunView("r3", "FAILURE", NOW - 14, NOW - 10), RunView("r2", "FAILURE", NOW - 9000, NOW - 30),
+            RunView("r1", "FAILURE", NOW - 9100, NOW - 9090)]
+    assert not decide(runs, NOW, HOST, alive_only()).launch  # one quick failure: 15 s after its end
+    assert decide(runs, NOW + 5, HOST, alive_only()).launch
+
+
+# -- the sensor against a real (ephemeral) instance ----------------------------------------------------
+
+
+def _add_run(instance: dg.DagsterInstance, job_name: str, status: DagsterRunStatus, tags: dict[str, str]) -> str:
+    run = DagsterRun(job_name=job_name, status=status, tags=tags)
+    instance.add_run(run)
+    return run.run_id
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_watchdog_sensor_starts_missing_services_and_replaces_dead_runs() -> None:
+    """Empty instance: both services requested. Live bridge run: only the consumer. Dead worker: run failed, relaunch."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = service_watchdog(dg.build_sensor_context(instance=instance))
+        assert sorted(r.job_name for r in result.run_requests) == ["kafka_postgres_consumer_service", "mqtt_kafka_bridge_service"]
+        assert {r.tags[SERVICE_TAG] for r in result.run_requests} == {"bridge", "consumer"}
+
+        me = {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()}
+        _add_run(instance, "mqtt_kafka_bridge_service", DagsterRunStatus.STARTED, me)
+        result = service_watchdog(dg.build_sensor_context(instance=instance))
+        assert [r.job_name for r in result.run_requests] == ["kafka_postgres_consumer_service"]
+
+        dead = {WORKER_PID_TAG: str(_dead_pid()), WORKER_HOST_TAG: socket.gethostname()}
+        run_id = _add_run(instance, "kafka_postgres_consumer_service", DagsterRunStatus.STARTED, dead)
+        result = service_watchdog(dg.build_sensor_context(instance=instance))
+        assert [r.job_name for r in result.run_requests] == ["kafka_postgres_consumer_service"]
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+
+
+# -- schedules ------------------------------------------------------------------------------------
+
+
+def test_hours_to_roll_are_the_closed_hour_and_three_before() -> None:
+    """At 15:05 the closed hour is 14:00; 11:00-13:00 are re-run for late data."""
+    assert hours_to_roll(datetime(2026, 11, 26, 15, 5, tzinfo=UTC)) == [
+        "2026-11-26-14:00", "2026-11-26-13:00", "2026-11-26-12:00", "2026-11-26-11:00",
+    ]
+    assert hours_to_roll(datetime(2026, 11, 27, 1, 5, tzinfo=UTC))[-1] == "2026-11-26-21:00"  # across midnight
+
+
+def test_rollup_schedule_tick_requests_four_partitions_with_distinct_run_keys() -> None:
+    """One tick: four partitioned runs; run keys include the tick so hourly re-runs are not deduplicated."""
+    tick = datetime(2026, 11, 26, 15, 5, tzinfo=UTC)
+    context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def())
+    data = rollup_hourly_schedule.evaluate_tick(context)
+    keys = [r.partition_key for r in data.run_requests]
+    assert keys == hours_to_roll(tick)
+    assert len({r.run_key for r in data.run_requests}) == 4
+
+
+# -- retention planning ---------------------------------------------------------------------------
+
+
+def d(day: int, hour: int = 0) -> datetime:
+    return datetime(2026, 11, day, hour, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("expression", "bounds"),
+    [
+        ("FOR VALUES FROM ('2026-11-23 00:00:00+00') TO ('2026-11-24 00:00:00+00')", (d(23), d(24))),
+        ("DEFAULT", (None, None)),
+        ("FOR VALUES FROM (MINVALUE) TO ('2026-11-24 00:00:00+00')", (None, None)),
+    ],
+)
+def test_parse_bound(expression: str, bounds: tuple) -> None:
+    """Range bounds are read back in UTC; default and unbounded partitions have none."""
+    assert parse_bound(expression) == bounds
+
+
+def test_only_partitions_wholly_before_the_cutoff_are_dropped() -> None:
+    """Upper bound is exclusive: a day ending exactly at the cutoff goes, the boundary day stays."""
+    parts = [Partition("p22", d(22), d(23)), Partition("p23", d(23), d(24)), Partition("p24", d(24), d(25)),
+             Partition("pdef", None, None)]
+    assert [p.name for p in partitions_to_drop(parts, d(24))] == ["p22", "p23"]
+    assert [p.name for p in partitions_to_drop(parts, d(24, 5))] == ["p22", "p23"]
+    assert partitions_to_drop(parts, d(22, 23)) == []
+
+
+# -- observer maths and resources -----------------------------------------------------------------
+
+
+def test_lag_per_partition() -> None:
+    """Lag = Kafka end offset - stored next offset; a partition never consumed lags entirely."""
+    assert lag(Snapshot(0.0, {0: 10, 1: 5, 2: 7}, {0: 10, 1: 2})) == {0: 0, 1: 3, 2: 7}
+    assert lag(Snapshot(0.0, None, {0: 1})) is None
+
+
+def test_rate_needs_a_previous_tick() -> None:
+    """Rates are deltas over elapsed time; none on the first tick or when a side was unreadable."""
+    assert rate({"at": 100.0, "produced": 1000}, 1600, 160.0, "produced") == 10.0
+    assert rate(None, 1600, 160.0, "produced") is None
+    assert rate({"at": 100.0, "produced": None}, 1600, 160.0, "produced") is None
+
+
+def test_platform_settings_round_trip_and_child_env(tmp_path) -> None:  # noqa: ANN001
+    """Explicit settings survive the resource; services are told to exit with their parent."""
+    settings = Settings(home=tmp_path, pg_port=6543, pg_password="s3cret", kafka_topic="t-x")
+    resource = PlatformSettings.from_settings(settings)
+    again = resource.get()
+    assert (again.pg_port, again.pg_password.get_secret_value(), again.kafka_topic, again.home) == (6543, "s3cret", "t-x", tmp_path)
+    assert resource.child_env()["IOT_EXIT_WITH_PARENT"] == "true"
+    assert PlatformSettings().child_env() == {"IOT_EXIT_WITH_PARENT": "true"}
+
+
+# -- the code location ----------------------------------------------------------------------------
+
+
+def test_definitions_expose_the_public_names_and_lineage() -> None:
+    """Public Dagster names exist, and lineage runs MQTT -> Kafka -> raw -> rollups."""
+    repo = defs.get_repository_def()
+    assert {"mqtt_kafka_bridge_service", "kafka_postgres_consumer_service", "iot_rollup_hourly_job", "iot_checks"} <= set(repo.job_names)
+    assert repo.get_sensor_def("service_watchdog").default_status == dg.DefaultSensorStatus.RUNNING
+    graph = repo.asset_graph
+    parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
+    assert parents("kafka_iot_messages") == {"mqtt_telemetry"}
+    assert "kafka_iot_messages" in parents("iot_messages")
+    assert parents("iot_rollup_hourly") == {"iot_messages"}
+    for job in ("mqtt_kafka_bridge_service", "kafka_postgres_consumer_service"):
+        assert repo.get_job(job).executor_def is dg.in_process_executor
