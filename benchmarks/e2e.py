@@ -1,0 +1,241 @@
+"""End-to-end benchmark: simulated devices -> Mosquitto -> bridge -> Kafka -> consumer -> PostgreSQL.
+
+Starts a private Mosquitto, Kafka and PostgreSQL in a temporary directory (stack classes), the
+bridge and the consumer as `iot-platform` subprocesses, and `iot-platform simulate` publisher
+processes; everything is stopped at the end. Prints sustained msg/s, latency percentiles, the CPU
+used by each component, and what `iot-platform verify` found lost or duplicated.
+
+  --mode fixed --rate R --duration S   publish R msg/s for S s while the pipeline runs; latency is
+                                       device ts (set at publish) -> ingested_at (the consumer's
+                                       transaction start, so it slightly under-states visibility).
+  --mode max --count N                 backlog drain: with the bridge and consumer stopped, N messages
+                                       are queued in Mosquitto for the bridge's persistent session;
+                                       then both start and the drain time gives msg/s end to end.
+
+Usage: .venv/bin/python benchmarks/e2e.py --mode fixed --rate 2000 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iot_platform.devices.verify import kafka_offsets, verify, wait_until_drained  # noqa: E402
+from iot_platform.devices.verify_report import Expectation  # noqa: E402
+from iot_platform.settings import Settings  # noqa: E402
+from iot_platform.storage.db import connect  # noqa: E402
+from iot_platform_tests.faults.harness import PrivateStack, Service, wait_pipeline_ready  # noqa: E402
+from iot_platform_tests.helpers import service_env  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_ticks(root_pid: int) -> int:
+    """utime+stime (clock ticks) of ``root_pid`` and all its live descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+class CpuMeter:
+    """CPU seconds per named process tree between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.wall_s = 0.0
+        self._started = 0.0
+
+    def start(self) -> None:
+        self.before = {name: process_tree_ticks(pid) for name, pid in self.pids.items()}
+        self._started = time.monotonic()
+
+    def stop(self) -> None:
+        self.wall_s = time.monotonic() - self._started
+        self.seconds = {name: (process_tree_ticks(pid) - self.before[name]) / TICKS for name, pid in self.pids.items()}
+
+    def as_percent(self) -> dict[str, float]:
+        return {name: round(100 * s / self.wall_s, 1) for name, s in self.seconds.items()} if self.wall_s else {}
+
+
+def start_publishers(settings: Settings, workdir: Path, *, processes: int, rate: float | None, duration_s: float | None,
+                     count: int | None, devices: int) -> list[tuple[subprocess.Popen[bytes], Path, str]]:
+    publishers = []
+    for i in range(processes):
+        summary = workdir / f"publisher-{i}.json"
+        run_id = f"bench{i}{os.urandom(3).hex()}"
+        argv = [sys.executable, "-m", "iot_platform.cli", "simulate", "--tenants", "5", "--projects", "4",
+                "--devices", str(devices), "--run-id", run_id, "--summary", str(summary), "--quiet",
+                "--rate", str((rate or 0) / processes), "--max-in-flight", "5000"]
+        if duration_s is not None:
+            argv += ["--duration", str(duration_s)]
+        if count is not None:
+            argv += ["--count", str(count // processes)]
+        log = open(workdir / f"publisher-{i}.log", "ab")  # noqa: SIM115 - closed with the process
+        publishers.append((subprocess.Popen(argv, env=service_env(settings), stdout=log, stderr=log), summary, run_id))
+    return publishers
+
+
+def wait_publishers(publishers: list[tuple[subprocess.Popen[bytes], Path, str]], timeout_s: float) -> list[dict]:  # type: ignore[type-arg]
+    summaries = []
+    for process, summary, _ in publishers:
+        process.wait(timeout_s)
+        summaries.append(json.loads(summary.read_text()))
+    return summaries
+
+
+def latency_percentiles(settings: Settings, run_ids: list[str]) -> dict[str, float]:
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """
+                SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lat),
+                       max(lat), min(ingested_at), max(ingested_at), count(*)
+                FROM (SELECT extract(epoch FROM ingested_at - (payload_json->>'ts')::timestamptz) AS lat, ingested_at
+                      FROM iot.messages WHERE payload_json->>'run_id' = ANY(%s)) AS l
+                """,
+                (run_ids,),
+            )
+            (p50, p95, p99), worst, first, last, rows = cur.fetchone()
+            return {"p50_s": round(p50, 3), "p95_s": round(p95, 3), "p99_s": round(p99, 3), "max_s": round(worst, 3),
+                    "rows": rows, "ingest_span_s": round((last - first).total_seconds(), 3)}
+    finally:
+        conn.close()
+
+
+def stored_count(settings: Settings, run_ids: list[str]) -> int:
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM iot.messages WHERE payload_json->>'run_id' = ANY(%s)", (run_ids,))
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def check_loss(settings: Settings, summaries: list[dict]) -> dict[str, int]:  # type: ignore[type-arg]
+    lost = duplicates = stored = 0
+    for summary in summaries:
+        report = verify(settings, run_id=summary["run_id"], expectation=Expectation.from_summary(summary))
+        lost += report["totals"]["lost"]  # type: ignore[index]
+        duplicates += report["totals"]["duplicates"]  # type: ignore[index]
+        stored += report["totals"]["stored"]  # type: ignore[index]
+    return {"stored": stored, "lost": lost, "duplicates": duplicates}
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    workdir = Path(tempfile.mkdtemp(prefix="iot-e2e-"))
+    stack = PrivateStack(workdir / "stack").start()
+    bridge = consumer = None
+    try:
+        settings = stack.settings(workdir / "home")
+        settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms})
+        bridge, consumer = Service("bridge", settings, workdir), Service("consumer", settings, workdir)
+        bridge.start(), consumer.start()
+        wait_pipeline_ready(settings, 90, (bridge, consumer))
+        processes = args.publishers or (1 if (args.rate or 0) <= 5_000 and args.mode == "fixed" else 2)
+        result: dict[str, object] = {"mode": args.mode, "publishers": processes}
+        if args.mode == "fixed":
+            meter = CpuMeter(_pids(stack, bridge, consumer))
+            meter.start()
+            publishers = start_publishers(settings, workdir, processes=processes, rate=args.rate,
+                                          duration_s=args.duration, count=None, devices=args.devices)
+            meter.pids |= {f"publisher{i}": p.pid for i, (p, _, _) in enumerate(publishers)}
+            meter.before |= {f"publisher{i}": 0 for i in range(len(publishers))}
+            summaries = wait_publishers(publishers, args.duration + 120)
+            wait_until_drained(settings, timeout_s=120, interval_s=0.2)
+            meter.stop()
+            acked = sum(sum(s["acked"].values()) for s in summaries)
+            latency = latency_percentiles(settings, [s["run_id"] for s in summaries])
+            result |= {"target_rate": args.rate, "duration_s": args.duration, "acked": acked,
+                       "published_msg_s": round(sum(s["rate_msg_s"] for s in summaries), 1),
+                       "stored_msg_s": round(latency["rows"] / max(latency["ingest_span_s"], 1e-9), 1),
+                       "latency": latency}
+        else:
+            bridge.stop(), consumer.stop()
+            publishers = start_publishers(settings, workdir, processes=processes, rate=None, duration_s=None,
+                                          count=args.count, devices=args.devices)
+            summaries = wait_publishers(publishers, 600)
+            run_ids = [s["run_id"] for s in summaries]
+            acked = sum(sum(s["acked"].values()) for s in summaries)
+            bridge.start(), consumer.start()
+            meter = CpuMeter(_pids(stack, bridge, consumer))
+            meter.start()
+            started = time.monotonic()
+            bridge_done = None
+            while stored_count(settings, run_ids) < acked and time.monotonic() - started < 600:
+                if bridge_done is None and _kafka_records(settings) >= acked:
+                    bridge_done = time.monotonic() - started
+                time.sleep(0.2)
+            drain_s = time.monotonic() - started
+            meter.stop()
+            result |= {"backlog": acked, "drain_s": round(drain_s, 2), "stored_msg_s": round(acked / drain_s, 1),
+                       "bridge_drain_s": round(bridge_done, 2) if bridge_done else None,
+                       "bridge_msg_s": round(acked / bridge_done, 1) if bridge_done else None}
+        result["cpu_percent"] = meter.as_percent()
+        result["cpu_seconds"] = {k: round(v, 2) for k, v in meter.seconds.items()}
+        result |= check_loss(settings, summaries)
+        return result
+    finally:
+        for service in (bridge, consumer):
+            if service is not None:
+                service.stop(timeout_s=15)
+        stack.stop()
+        if not args.keep:
+            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def _kafka_records(settings: Settings) -> int:
+    return sum(p.high for p in kafka_offsets(settings) if p.topic == settings.kafka_topic)
+
+
+def _pids(stack: PrivateStack, bridge: Service, consumer: Service) -> dict[str, int]:
+    pids = {"mosquitto": stack.mosquitto.pid, "kafka": stack.kafka.pid, "postgres": stack.postgres.pid,
+            "bridge": bridge.pid, "consumer": consumer.pid}
+    return {name: pid for name, pid in pids.items() if pid}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["fixed", "max"], default="fixed")
+    parser.add_argument("--rate", type=float, default=2_000, help="fixed mode: msg/s of the whole fleet")
+    parser.add_argument("--duration", type=float, default=30, help="fixed mode: seconds of publishing")
+    parser.add_argument("--count", type=int, default=200_000, help="max mode: backlog size")
+    parser.add_argument("--devices", type=int, default=50, help="devices per project (5 tenants x 4 projects)")
+    parser.add_argument("--publishers", type=int, default=0, help="publisher processes (default: 1, or 2 above 5,000 msg/s)")
+    parser.add_argument("--batch-wait-ms", type=int, default=500, help="the consumer's IOT_CONSUMER_BATCH_MAX_WAIT_MS")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    args = parser.parse_args()
+    result = run(args)
+    print(json.dumps(result, indent=1))
+    return 0 if result["lost"] == 0 and result["duplicates"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
