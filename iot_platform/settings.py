@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+    grafana_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Grafana HTTP API call.")
+    grafana_pg_address: str | None = Field(default=None, description="host:port at which Grafana reaches PostgreSQL (default: pg_host:pg_port).")
+    grafana_pg_sslmode: str = Field(default="disable", description="sslmode of Grafana's PostgreSQL data sources.")
+
+    # Tenant roles (`iot-platform tenants sync`).
+    tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'Acme' reads as role tenant_acme_<hash>.")
+    tenant_password_key: SecretStr | None = Field(default=None, description="HMAC key from which each tenant/analyst/ingest role's password is derived (`tenants password` prints one); unset: roles get no password.")
+    analyst_role: str = Field(default="analyst", description="Login role that reads every tenant (member of iot_analyst).")
+    ingest_role: str = Field(default="ingest", description="Login role with only the consumer's privileges (member of iot_ingest).")
 
     @property
     def mqtt_host(self) -> str:

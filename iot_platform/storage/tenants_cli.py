@@ -1,0 +1,60 @@
+"""`iot-platform tenants sync | password`: tenant login roles and their credentials.
+
+``sync`` creates a read-only login role for every tenant seen in the data (plus the analyst and
+ingest logins) and, when Grafana is configured, their organisations; ``password`` prints the
+derived password of one role so an operator can hand it to a tenant or set it in Grafana.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from iot_platform.settings import Settings
+from iot_platform.storage.tenant_identity import derive_password, role_name_for
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sync = sub.add_parser("sync", help="Create/update the tenant, analyst and ingest login roles (idempotent).")
+    sync.add_argument("--json", action="store_true", help="Print the result as JSON.")
+    password = sub.add_parser("password", help="Print the derived login role and password of a tenant (or analyst/ingest).")
+    who = password.add_mutually_exclusive_group(required=True)
+    who.add_argument("--tenant", help="Tenant id.")
+    who.add_argument("--analyst", action="store_true", help="The analyst login role.")
+    who.add_argument("--ingest", action="store_true", help="The ingest login role.")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "password":
+        return _password(args, settings)
+    from iot_platform.storage.tenants import TenantSyncError, sync_tenants
+
+    try:
+        result = sync_tenants(settings)
+    except TenantSyncError as exc:
+        print(f"tenants sync failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return 0
+    for tenant_id, role in result.roles:
+        print(f"{tenant_id}\t{role}")
+    print(f"{len(result.roles)} tenant roles; created: {', '.join(result.roles_created) or 'none'}", file=sys.stderr)
+    if not result.passwords_set:
+        print("IOT_TENANT_PASSWORD_KEY is not set: the roles have no password", file=sys.stderr)
+    return 0
+
+
+def _password(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.tenant_password_key is None:
+        print("IOT_TENANT_PASSWORD_KEY is not set: no password to derive", file=sys.stderr)
+        return 1
+    if args.tenant:
+        role = role_name_for(args.tenant, settings.tenant_role_prefix)
+    else:
+        role = settings.analyst_role if args.analyst else settings.ingest_role
+    print(f"{role}\t{derive_password(settings.tenant_password_key.get_secret_value(), role)}")
+    return 0
