@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=900_000, gt=0, description="Larger payloads go to the dead-letter topic.")
     stall_timeout_s: float = Field(default=120.0, gt=0, description="Connected but nothing received for this long: log a stall.")
     bridge_id: str = Field(default_factory=_default_bridge_id, description="Bridge identity written in every record's headers.")
+    mqtt_protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version of the bridge: 5 (session expiry, receive maximum) or 3.1.1 (clean_session=false).")
+    bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
+    bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
 
     # Kafka.
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
@@ -72,6 +75,8 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(default=10_000, gt=0, description="Records per database transaction, at most.")
     consumer_batch_max_wait_ms: int = Field(default=500, gt=0, description="Longest wait to fill a batch.")
     message_id_field: str = Field(default="msg_id", description="JSON field that deduplicates messages produced twice.")
+    consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, description="Kafka group session timeout: how long a crashed consumer's partitions wait before reassignment.")
+    consumer_max_poll_interval_ms: int = Field(default=600_000, ge=10_000, description="Longest database outage a consumer rides out inside the group before it is treated as stuck.")
 
     # PostgreSQL.
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
@@ -96,11 +101,6 @@ class Settings(BaseSettings):
     grafana_url: str | None = Field(default=None, description="When set, dashboards are pushed through Grafana's HTTP API.")
     grafana_user: str = Field(default="admin", description="Grafana admin user.")
     grafana_password: SecretStr = Field(default=SecretStr("admin"), description="Grafana admin password.")
-
-    @field_validator("home")
-    @classmethod
-    def _absolute_home(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
     grafana_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Grafana HTTP API call.")
     grafana_pg_address: str | None = Field(default=None, description="host:port at which Grafana reaches PostgreSQL (default: pg_host:pg_port).")
     grafana_pg_sslmode: str = Field(default="disable", description="sslmode of Grafana's PostgreSQL data sources.")
@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     tenant_password_key: SecretStr | None = Field(default=None, description="HMAC key from which each tenant/analyst/ingest role's password is derived (`tenants password` prints one); unset: roles get no password.")
     analyst_role: str = Field(default="analyst", description="Login role that reads every tenant (member of iot_analyst).")
     ingest_role: str = Field(default="ingest", description="Login role with only the consumer's privileges (member of iot_ingest).")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
 
     @property
     def mqtt_host(self) -> str:

@@ -1,0 +1,56 @@
+"""The MQTT side of the bridge: a persistent QoS 1 session with manual acks.
+
+The session survives the bridge (MQTT 5 session expiry with ``clean_start=False``, or 3.1.1
+``clean_session=False``), so messages the bridge never acked, including those it held when it
+was killed, are redelivered to its next connection. The receive maximum (MQTT 5) and the broker's
+inflight limit bound how many unacked messages the bridge holds: that window is its only buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5, MQTTv311
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from iot_platform.settings import Settings
+
+
+def make_client(settings: Settings) -> Client:
+    """A paho client for the bridge's session; not connected yet."""
+    v5 = settings.mqtt_protocol == "5"
+    client = Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=settings.mqtt_client_id,
+        protocol=MQTTv5 if v5 else MQTTv311,
+        clean_session=None if v5 else False,
+        manual_ack=True,
+    )
+    client.connect_timeout = settings.mqtt_connect_timeout_s
+    client.enable_logger(logging.getLogger("iot_platform.bridge.paho"))
+    if settings.mqtt_username:
+        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+        client.username_pw_set(settings.mqtt_username, password)
+    return client
+
+
+def connect_async(client: Client, settings: Settings) -> None:
+    """Queue the first connection; paho's network thread makes (and remakes) it."""
+    if settings.mqtt_protocol == "5":
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = settings.mqtt_session_expiry_s
+        properties.ReceiveMaximum = settings.mqtt_receive_maximum
+        client.connect_async(
+            settings.mqtt_host, settings.mqtt_port, settings.mqtt_keepalive_s, clean_start=False, properties=properties
+        )
+    else:
+        client.connect_async(settings.mqtt_host, settings.mqtt_port, settings.mqtt_keepalive_s)
+
+
+def subscribe(client: Client, settings: Settings) -> None:
+    if settings.mqtt_protocol == "5":
+        client.subscribe(settings.mqtt_topic_filter, options=SubscribeOptions(qos=settings.mqtt_qos))
+    else:
+        client.subscribe(settings.mqtt_topic_filter, qos=settings.mqtt_qos)

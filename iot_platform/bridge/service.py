@@ -1,0 +1,204 @@
+"""`iot-platform bridge`: MQTT -> Kafka, at least once, nothing dropped.
+
+Guarantee: every message the broker delivers is produced to Kafka (good records to the messages
+topic, bad input to the dead-letter topic) and acked to the broker only after Kafka confirmed it.
+A message is never acked otherwise: if the bridge dies, Kafka stalls or the connection drops, the
+broker keeps it and redelivers it, which can duplicate a message in Kafka but never loses one.
+Backpressure is the broker's inflight window: while Kafka is slow, acks stop and the broker stops
+sending. MQTT reconnects forever with jittered backoff (paho's network thread); librdkafka
+reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
+
+Threads: paho's network thread receives, builds records and hands them to the producer; the main
+thread polls the producer (delivery reports, acks, retries), logs the heartbeat, watches for stalls
+and, on SIGTERM/SIGINT, stops receiving, flushes, acks what was delivered and exits 0 within
+``bridge_shutdown_timeout_s`` (plus one MQTT connect timeout at most).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
+from paho.mqtt.reasoncodes import ReasonCode
+
+from iot_platform.bridge.acks import AckGate, InFlight
+from iot_platform.bridge.backoff import jittered_backoff
+from iot_platform.bridge.metrics import BridgeCollector, BridgeStats, serve_metrics
+from iot_platform.bridge.mqtt_session import connect_async, make_client, subscribe
+from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
+from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
+from iot_platform.core.topics import INVALID_TOPIC_ENCODING
+from iot_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """One bridge process: one MQTT session, one Kafka producer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._rules = RecordRules.from_settings(settings)
+        self.stats = BridgeStats()
+        self._client: Client = make_client(settings)
+        self._gate = AckGate(self._client.ack)
+        self._producer = ReliableProducer(settings, self._rules, self._delivered, self._gate.is_stale)
+        self._stop = threading.Event()
+        self._receiving = True
+        self._exit_code = 0
+        self._reconnect_attempt = 0
+        self._client.on_pre_connect = lambda _c, _u: self._gate.closed()
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = lambda _c, _u: self._schedule_reconnect("connect failed")
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def stop(self) -> None:
+        """Ask the bridge to stop (signal handlers, parent watch); returns at once."""
+        self._stop.set()
+
+    @property
+    def in_flight(self) -> int:
+        s = self.stats
+        return s.received - s.acked - s.acks_discarded - self._producer.stale_failures
+
+    def run(self) -> int:
+        """Run until stopped; 0 after a clean stop, 1 after a fatal error."""
+        collector = BridgeCollector(self.stats, lambda: self.in_flight, lambda: self._gate.connected, lambda: self._producer.retries)
+        stop_metrics = serve_metrics(self._settings.bridge_metrics_port, collector)
+        connect_async(self._client, self._settings)
+        self._client.loop_start()
+        log.info("bridge started", extra=self._describe())
+        try:
+            self._main_loop()
+        except FatalProducerError as exc:
+            log.critical("fatal kafka producer error: restart needed", extra={"error": str(exc)})
+            self._exit_code = 1
+        finally:
+            self._shutdown()
+            if stop_metrics:
+                stop_metrics()
+        return self._exit_code
+
+    def _main_loop(self) -> None:
+        interval = self._settings.heartbeat_interval_s
+        next_heartbeat = time.monotonic() + interval
+        last = (time.monotonic(), 0)
+        stall_reported_for = -1.0
+        while not self._stop.is_set():
+            self._producer.service(0.05)
+            now = time.monotonic()
+            quiet_since = max(self.stats.last_received_monotonic, self._gate.connected_since)
+            if self._gate.connected and now - quiet_since > self._settings.stall_timeout_s and stall_reported_for != quiet_since:
+                stall_reported_for = quiet_since
+                log.warning("stall: connected but nothing received", extra={"quiet_s": round(now - quiet_since, 1)})
+            if now >= next_heartbeat:
+                rate = (self.stats.received - last[1]) / max(now - last[0], 1e-9)
+                last = (now, self.stats.received)
+                next_heartbeat = now + interval
+                log.info("heartbeat", extra=self._heartbeat(rate))
+
+    def _shutdown(self) -> None:
+        self._receiving = False  # later messages are neither produced nor acked: redelivered next session
+        deadline = time.monotonic() + self._settings.bridge_shutdown_timeout_s
+        undelivered = self._producer.flush(self._settings.bridge_shutdown_timeout_s * 0.8)
+        while self._client.want_write() and self._gate.connected and time.monotonic() < deadline:
+            time.sleep(0.01)  # let paho's thread write the last PUBACKs before DISCONNECT
+        self._client.disconnect()  # keeps the session: MQTT 5 expiry / 3.1.1 clean_session=False
+        self._client.loop_stop()
+        self._producer.close()
+        log.info("bridge stopped", extra={**self._heartbeat(0.0), "undelivered": undelivered})
+
+    # -- paho's network thread -----------------------------------------------------------------
+
+    def _on_message(self, _client: Client, _userdata: Any, msg: MQTTMessage) -> None:
+        if not self._receiving:
+            return
+        try:
+            received_at_ms = time.time_ns() // 1_000_000
+            try:
+                topic, rejection = msg.topic, None
+            except UnicodeDecodeError:  # brokers should refuse these; dead-letter, never crash
+                topic, rejection = msg._topic.decode("utf-8", "replace"), INVALID_TOPIC_ENCODING  # noqa: SLF001
+            inbound = InboundMessage(topic, msg.payload, msg.qos, msg.retain, received_at_ms)
+            record = build_record(inbound, self._rules) if rejection is None else dead_letter_record(inbound, rejection, self._rules)
+            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, time.monotonic())
+            self.stats.received += 1
+            self.stats.last_received_monotonic = item.received_monotonic
+            self._producer.send(item)
+        except Exception:  # a bug, not bad data: stop rather than hold an unacked message forever
+            log.exception("unexpected error handling a message; stopping")
+            self._exit_code = 1
+            self.stop()
+
+    def _on_connect(self, client: Client, _u: Any, flags: ConnectFlags, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("mqtt connection refused", extra={"reason": str(reason)})
+            return
+        generation = self._gate.opened()
+        self.stats.connections += 1
+        self._reconnect_attempt = 0
+        subscribe(client, self._settings)
+        log.info("mqtt connected", extra={"session_present": flags.session_present, "generation": generation})
+
+    def _on_disconnect(self, _c: Client, _u: Any, _f: DisconnectFlags, reason: ReasonCode, _p: Any) -> None:
+        self._gate.closed()
+        if self._receiving:
+            self._schedule_reconnect(f"disconnected: {reason}")
+
+    def _on_subscribe(self, _c: Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("subscription refused; stopping", extra={"filter": self._settings.mqtt_topic_filter, "reasons": [str(r) for r in reasons]})
+            self._exit_code = 1
+            self.stop()
+            return
+        log.info("mqtt subscribed", extra={"filter": self._settings.mqtt_topic_filter})
+
+    def _schedule_reconnect(self, why: str) -> None:
+        delay = jittered_backoff(self._reconnect_attempt, cap_s=self._settings.bridge_reconnect_max_backoff_s)
+        self._reconnect_attempt += 1
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts floats
+        log.warning("mqtt reconnecting", extra={"why": why, "in_s": round(delay, 2), "attempt": self._reconnect_attempt})
+
+    # -- producer-owning (main) thread -----------------------------------------------------------
+
+    def _delivered(self, item: InFlight) -> None:
+        acked = self._gate.ack(item)
+        self.stats.record_delivery(item.record.dead_letter_reason, time.monotonic() - item.received_monotonic, acked)
+
+    def _heartbeat(self, rate: float) -> dict[str, Any]:
+        s = self.stats
+        p50, p99 = s.latency.quantile(0.5), s.latency.quantile(0.99)
+        return {
+            "received": s.received,
+            "produced": s.delivered_messages,
+            "dead_lettered": s.delivered_dead_letters,
+            "acked": s.acked,
+            "acks_discarded": s.acks_discarded + self._producer.stale_failures,
+            "in_flight": self.in_flight,
+            "waiting": self._producer.waiting,
+            "retries": self._producer.retries,
+            "connected": self._gate.connected,
+            "generation": self._gate.generation,
+            "rate_per_s": round(rate, 1),
+            "latency_p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "latency_p99_ms": None if p99 is None else round(p99 * 1000, 1),
+        }
+
+    def _describe(self) -> dict[str, Any]:
+        s = self._settings
+        return {
+            "mqtt": s.mqtt_url,
+            "filter": s.mqtt_topic_filter,
+            "client_id": s.mqtt_client_id,
+            "protocol": s.mqtt_protocol,
+            "kafka": s.kafka_bootstrap,
+            "topic": s.kafka_topic,
+            "dlq_topic": s.kafka_dlq_topic,
+            "bridge_id": s.bridge_id,
+            "metrics_port": s.bridge_metrics_port,
+        }

@@ -1,0 +1,333 @@
+"""The bridge on real Mosquitto and Kafka: nothing the broker accepted is lost, bad input is dead-lettered.
+
+The bridge runs as a subprocess (`python -m iot_platform.cli bridge`) so a test can SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from iot_platform.core.envelope import decode_dead_letter, decode_envelope
+from iot_platform.settings import Settings
+from iot_platform.stack.kafka import KafkaServer, ensure_topics
+from iot_platform.stack.ports import free_port
+from iot_platform_tests.helpers import mqtt_topic, service_env
+
+pytestmark = pytest.mark.integration
+
+
+# -- harness ----------------------------------------------------------------------------------------
+
+
+class BridgeProcess:
+    """`iot-platform bridge` as a child process, its JSON log in ``log_path``."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "BridgeProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "iot_platform.cli", "bridge"],
+                env=service_env(self.settings),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def wait_subscribed(self, timeout_s: float = 30.0) -> "BridgeProcess":
+        """Block until the bridge's subscription exists: earlier publishes would reach no session."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(line.get("msg") == "mqtt subscribed" for line in self.log_lines()):
+                return self
+            assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError(f"bridge not subscribed after {timeout_s}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for raw in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        return lines
+
+
+@pytest.fixture
+def bridge_factory(tmp_path: Path) -> Iterator[Callable[[Settings], BridgeProcess]]:
+    started: list[BridgeProcess] = []
+
+    def make(settings: Settings) -> BridgeProcess:
+        bridge = BridgeProcess(settings, tmp_path / f"bridge-{len(started)}.log")
+        started.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in started:
+        bridge.kill()
+
+
+class Publisher:
+    """A QoS 1 publisher that knows which messages the broker acknowledged (PUBACK)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+        self.client.max_inflight_messages_set(500)
+        self.client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
+        self.client.loop_start()
+        self.sent: list[tuple[mqtt.MQTTMessageInfo, str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.sent.append((self.client.publish(topic, payload, qos=1), topic, payload))
+
+    def acknowledged(self, timeout_s: float = 60.0) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout_s
+        for info, _, _ in self.sent:
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+        return [(topic, payload) for info, topic, payload in self.sent if info.is_published()]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+    """Every record of ``topic`` up to its current end."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        pending = {p for p, end in ends.items() if end > 0}
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            records.append(Record(message.key(), message.value(), list(message.headers() or [])))
+            if message.offset() + 1 >= ends[message.partition()]:
+                pending.discard(message.partition())
+        assert not pending, f"could not read {topic} to its end within {timeout_s}s"
+        return records
+    finally:
+        consumer.close()
+
+
+def wait_for_count(bootstrap: str, topic: str, count: int, timeout_s: float) -> int:
+    """Wait until ``topic`` holds at least ``count`` records (sum of high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        total = 0
+        while time.monotonic() < deadline:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            total = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+            if total >= count:
+                break
+            time.sleep(0.2)
+        return total
+    finally:
+        consumer.close()
+
+
+def publish_paced(publisher: Publisher, messages: list[tuple[str, bytes]], rate_per_s: float) -> threading.Thread:
+    def run() -> None:
+        start = time.monotonic()
+        for index, (topic, payload) in enumerate(messages):
+            ahead = index / rate_per_s - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+            publisher.publish(topic, payload)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def telemetry(settings: Settings, count: int, tenants: int = 5) -> list[tuple[str, bytes]]:
+    messages = []
+    for seq in range(count):
+        tenant = f"tenant{seq % tenants}"
+        payload = json.dumps({"msg_id": f"m{seq}", "seq": seq, "temp": 20 + seq % 7}).encode()
+        messages.append((mqtt_topic(settings, tenant, f"p{seq % 3}", f"dev{seq % 50}"), payload))
+    return messages
+
+
+def assert_all_present(settings: Settings, expected: list[tuple[str, bytes]], records: list[Record]) -> int:
+    """Each expected message is in Kafka with the right key and headers; returns the duplicate count."""
+    by_value: dict[bytes, list[Record]] = collections.defaultdict(list)
+    for record in records:
+        by_value[record.value].append(record)
+    missing = [payload for _, payload in expected if payload not in by_value]
+    assert not missing, f"{len(missing)} acknowledged messages missing from Kafka, e.g. {missing[:3]}"
+    for topic, payload in expected:
+        for record in by_value[payload]:
+            envelope = decode_envelope(record.headers)
+            tenant, project = topic.split("/")[-3:-1]
+            assert (envelope.mqtt_topic, envelope.tenant_id, envelope.project_id, envelope.qos) == (topic, tenant, project, 1)
+            assert record.key == tenant.encode()
+    return sum(len(found) - 1 for found in by_value.values())
+
+
+# -- tests -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.faults
+def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]) -> None:
+    """20,000 QoS 1 messages over 5 tenants; the bridge is SIGKILLed mid-stream and restarted:
+    every message the broker acknowledged to the publisher is in Kafka at least once, with the right
+    key and headers (duplicates are allowed and counted)."""
+    first = bridge_factory(settings).start().wait_subscribed()
+    messages = telemetry(settings, 20_000)
+    publisher = Publisher(settings)
+    try:
+        thread = publish_paced(publisher, messages, rate_per_s=4_000)
+        assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 4_000, timeout_s=60) >= 4_000
+        first.kill()
+        killed_at = wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=1)
+        time.sleep(1.0)  # the publisher keeps going: the broker queues for the bridge's session
+        second = bridge_factory(settings).start()
+        thread.join(timeout=60)
+        acknowledged = publisher.acknowledged()
+    finally:
+        publisher.close()
+    assert len(acknowledged) == len(messages)
+    wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(acknowledged), timeout_s=60)
+    assert second.terminate() == 0
+    duplicates = assert_all_present(settings, acknowledged, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
+    print(f"\nbridge SIGKILLed after {killed_at} records; duplicates in Kafka: {duplicates}")
+    assert killed_at < len(messages), "the kill did not happen mid-stream"
+
+
+def test_bad_input_is_dead_lettered_while_good_traffic_flows(
+    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
+) -> None:
+    """Bad topics, invalid ids and oversized payloads go to the DLQ topic with their reasons and the
+    original bytes (cut, and marked, only where Kafka cannot take them); good messages keep flowing."""
+    settings = settings.model_copy(update={"max_payload_bytes": 10_000, "kafka_max_message_bytes": 100_000})
+    bridge = bridge_factory(settings).start().wait_subscribed()
+    prefix = mqtt_topic(settings, "x", "y").rsplit("/", 2)[0]
+    bad = [
+        (f"{prefix}/only-tenant", b"no project level", "topic_mismatch", False),
+        (f"{prefix}/bad.tenant/p1", b"dot in tenant", "invalid_tenant_id", False),
+        (f"{prefix}/t1/p%1/dev", b"percent in project", "invalid_project_id", False),
+        (mqtt_topic(settings, "t1", "p1"), b"A" * 10_001, "payload_too_large", False),
+        (mqtt_topic(settings, "t1", "p1"), bytes(range(256)) * 800, "payload_too_large", True),  # 204,800 bytes
+    ]
+    good = telemetry(settings, 2_000)
+    publisher = Publisher(settings)
+    try:
+        for index, (topic, payload) in enumerate(good):
+            publisher.publish(topic, payload)
+            if index % 400 == 0 and index // 400 < len(bad):
+                publisher.publish(*bad[index // 400][:2])
+        acknowledged = publisher.acknowledged()
+    finally:
+        publisher.close()
+    assert len(acknowledged) == len(good) + len(bad)
+    wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(good), timeout_s=60)
+    wait_for_count(settings.kafka_bootstrap, settings.kafka_dlq_topic, len(bad), timeout_s=30)
+    assert bridge.terminate() == 0
+    assert_all_present(settings, good, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
+    dead = {decode_dead_letter(r.headers).mqtt_topic + str(len(r.value)): r for r in read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)}
+    assert len(dead) == len(bad)
+    for topic, payload, reason, truncated in bad:
+        found = [r for r in dead.values() if decode_dead_letter(r.headers).mqtt_topic == topic and payload.startswith(r.value)]
+        assert len(found) == 1, (topic, reason)
+        letter = decode_dead_letter(found[0].headers)
+        assert (letter.reason, letter.truncated, letter.original_size) == (reason, truncated, len(payload))
+        assert found[0].value == payload if not truncated else 0 < len(found[0].value) < len(payload)
+    heartbeats = [line for line in bridge.log_lines() if line.get("msg") == "heartbeat"]
+    assert heartbeats, "the bridge logs a periodic heartbeat"
+    assert len(bridge.log_lines()) < 100, "no log line per message"
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[KafkaServer]:
+    """A Kafka of this test alone, so pausing it disturbs no other test."""
+    server = KafkaServer(tmp_path / "kafka", free_port(), free_port())
+    try:
+        yield server.start()
+    finally:
+        server.resume()
+        server.kill()
+
+
+@pytest.mark.faults
+def test_kafka_paused_30s_loses_nothing_and_recovers(
+    settings: Settings, private_kafka: KafkaServer, bridge_factory: Callable[[Settings], BridgeProcess]
+) -> None:
+    """Kafka SIGSTOPped for 30 s mid-stream, then resumed: the bridge stops acking (the broker keeps
+    the messages), retries deliveries that time out, recovers on its own, and nothing is lost."""
+    settings = settings.model_copy(
+        update={
+            "kafka_bootstrap": private_kafka.bootstrap,
+            # Shorter than the pause: deliveries time out and must be produced again, not dropped.
+            "kafka_delivery_timeout_ms": 10_000,
+            "kafka_request_timeout_ms": 5_000,
+            "bridge_reconnect_max_backoff_s": 3.0,
+        }
+    )
+    ensure_topics(settings)
+    bridge = bridge_factory(settings).start().wait_subscribed()
+    messages = telemetry(settings, 12_000)
+    publisher = Publisher(settings)
+    try:
+        thread = publish_paced(publisher, messages, rate_per_s=300)
+        assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 1_500, timeout_s=60) >= 1_500
+        private_kafka.pause()
+        try:
+            time.sleep(30)
+        finally:
+            private_kafka.resume()
+        thread.join(timeout=120)
+        acknowledged = publisher.acknowledged()
+    finally:
+        publisher.close()
+    assert len(acknowledged) == len(messages)
+    wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(acknowledged), timeout_s=90)
+    assert bridge.process is not None and bridge.process.poll() is None, "the bridge recovered without a restart"
+    assert bridge.terminate() == 0
+    duplicates = assert_all_present(settings, acknowledged, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
+    retries = max(int(line.get("retries", 0)) for line in bridge.log_lines() if line.get("msg") == "heartbeat")
+    print(f"\nkafka paused 30 s: duplicates {duplicates}, delivery retries {retries}")
