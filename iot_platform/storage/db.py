@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # SQLSTATE classes that mean the server, not the data, is the problem: connection exceptions (08),
-# insufficient resources (53), operator intervention incl. admin shutdown (57), system errors (58),
-# and the transaction rollbacks (40: serialization failure, deadlock) that succeed on retry.
-_INFRA_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58", "XX")
+# insufficient resources (53), lock not available under lock_timeout (55), operator intervention
+# incl. admin shutdown (57), system errors (58), and the transaction rollbacks (40: serialization
+# failure, deadlock) that succeed on retry.
+_INFRA_SQLSTATE_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
+# A schema not migrated yet (undefined table or schema) is retried too: it heals once migrations run.
+_NOT_READY_SQLSTATES = ("42P01", "3F000")
 
 
 def connect(settings: Settings, database: str | None = None, *, autocommit: bool = False) -> psycopg2.extensions.connection:
@@ -62,7 +65,7 @@ def is_infrastructure_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, psycopg2.Error):
         code = exc.pgcode or ""
-        return code[:2] in _INFRA_SQLSTATE_CLASSES
+        return code[:2] in _INFRA_SQLSTATE_CLASSES or code in _NOT_READY_SQLSTATES
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 

@@ -125,6 +125,8 @@ def ensure_day_partitions(conn: psycopg2.extensions.connection, days: Iterable[d
     """The partitions of iot.messages for ``days`` (old days too, for replays); commits."""
     names = []
     with conn.cursor() as cur:
+        # Creating a partition locks iot.messages exclusively: never queue for long behind a reader.
+        cur.execute("SET LOCAL lock_timeout = '5s'")
         for day in sorted(set(days)):
             cur.execute("SELECT iot.ensure_messages_partition(%s)", (day,))
             names.append(cur.fetchone()[0])

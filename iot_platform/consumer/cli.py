@@ -1,0 +1,32 @@
+"""`iot-platform consumer`: run the Kafka -> PostgreSQL consumer in the foreground (see service.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from iot_platform.consumer.metrics import ConsumerMetrics
+from iot_platform.consumer.service import ConsumerService
+from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
+from iot_platform.observability.logging import configure_json_logging
+from iot_platform.observability.pidfile import pidfile
+from iot_platform.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level (default INFO).")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    configure_json_logging(getattr(logging, args.log_level))
+    metrics = ConsumerMetrics()
+    metrics.serve(settings.consumer_metrics_port)
+    service = ConsumerService(settings, metrics)
+    install_stop_signals(service.stop)
+    watch = ParentWatch(service.stop).start() if settings.exit_with_parent else None
+    try:
+        with pidfile(settings.home, "consumer"):
+            return service.run()
+    finally:
+        if watch is not None:
+            watch.stop()

@@ -1,0 +1,59 @@
+"""Rows in PostgreSQL's COPY text format (pure), for the consumer's staging table.
+
+Text fields escape backslash, tab, newline and carriage return; ``\\N`` is NULL; bytea is written as
+``\\\\x<hex>`` (the bytea hex form, its backslash escaped for COPY). Receive times are formatted from
+integer milliseconds, so the stored instant is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+
+from iot_platform.consumer.records import MessageRow
+
+STAGING_COLUMNS = (
+    "tenant_id", "project_id", "mqtt_topic", "payload", "payload_json", "message_id",
+    "device_id", "device_ts", "received_at", "kafka_partition", "kafka_offset",
+)
+NULL = "\\N"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def text(value: str | None) -> str:
+    return NULL if value is None else value.translate(_ESCAPES)
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_s))
+
+
+def timestamp_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as an exact UTC timestamptz literal."""
+    seconds, millis = divmod(epoch_ms, 1000)
+    return f"{_utc_second(seconds)}.{millis:03d}+00"
+
+
+def timestamp(value: dt.datetime | None) -> str:
+    return NULL if value is None else value.isoformat()
+
+
+def copy_line(row: MessageRow, *, with_json: bool = True) -> str:
+    """One staging-table line (newline-terminated) for ``row``; ``with_json=False`` stores jsonb NULL."""
+    return "\t".join(
+        (
+            text(row.tenant_id),
+            text(row.project_id),
+            text(row.mqtt_topic),
+            "\\\\x" + row.payload.hex(),
+            text(row.json_text if with_json else None),
+            text(row.message_id),
+            text(row.device_id),
+            timestamp(row.device_ts),
+            timestamp_ms(row.received_at_ms),
+            str(row.kafka_partition),
+            str(row.kafka_offset),
+        )
+    ) + "\n"

@@ -1,0 +1,227 @@
+"""`iot-platform consumer`: Kafka (messages + dead-letter topics) -> PostgreSQL, exactly-once effect.
+
+Guarantee: every record of both topics ends up exactly once in PostgreSQL -- a row of iot.messages,
+of iot.dead_letters, or (a copy the bridge produced twice, same tenant and payload message id) of
+iot.duplicate_messages. The position of record is PostgreSQL's ``iot.ingest_offsets``, committed in
+the same transaction as the rows (see writer.py); on assignment each partition is sought to it.
+Kafka offsets are committed after the database commit, for lag monitoring only; auto commit is
+off. Database errors retry the same batch with jittered backoff, reconnecting, and never advance
+an offset; the consumer stays in its group meanwhile (up to ``consumer_max_poll_interval_ms``).
+On SIGTERM/SIGINT the batch in hand is written (or abandoned if the database is down), then the
+consumer leaves its group and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from iot_platform.consumer.metrics import ConsumerMetrics
+from iot_platform.consumer.positions import Positions
+from iot_platform.consumer.records import DeadLetterRow, KafkaRecord, MessageRow, classify
+from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition
+from iot_platform.settings import Settings
+from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
+
+log = logging.getLogger(__name__)
+
+
+def kafka_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.kafka_consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",  # a partition with no stored position starts at its beginning
+        "session.timeout.ms": settings.consumer_session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.consumer_session_timeout_ms // 4),
+        "max.poll.interval.ms": settings.consumer_max_poll_interval_ms,
+        "socket.timeout.ms": settings.kafka_request_timeout_ms,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "client.id": "iot-postgres-writer",
+    }
+
+
+def _record(message: Message) -> KafkaRecord:
+    kind, ts = message.timestamp()
+    return KafkaRecord(message.topic(), message.partition(), message.offset(), message.headers(), message.value(), ts if kind else None)
+
+
+class ConsumerService:
+    def __init__(self, settings: Settings, metrics: ConsumerMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or ConsumerMetrics()
+        self.writer = BatchWriter(settings)
+        self.positions = Positions()
+        self._stopping = threading.Event()
+        self._pending: list[MessageRow | DeadLetterRow] = []
+        self._consumer: Consumer | None = None
+        self._last_heartbeat = self._last_lag_update = time.monotonic()
+        self._heartbeat_inserted = 0
+        self._lag_total = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- rebalance callbacks (run inside consume()) -------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        stored = retry_infrastructure(
+            lambda: self.writer.stored_offsets(keys), description="read stored offsets", should_stop=self._stopping.is_set
+        )
+        for tp in partitions:
+            position = stored.get((tp.topic, tp.partition))
+            tp.offset = OFFSET_BEGINNING if position is None else position
+            self.positions.assign((tp.topic, tp.partition), position)
+        consumer.assign(partitions)
+        log.info("partitions assigned", extra={"partitions": {f"{t}[{p}]": stored.get((t, p)) for t, p in keys}})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        # Unwritten records of a revoked partition are dropped: its next owner starts from the database.
+        self._pending = [r for r in self._pending if _key(r, self.settings.kafka_topic) not in gone]
+        for topic, partition in gone:
+            self.positions.revoke((topic, partition))
+            self.metrics.forget_lag(topic, partition)
+        log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in gone)})
+
+    # -- main loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        consumer = Consumer(kafka_config(self.settings), logger=logging.getLogger("iot_platform.consumer.kafka"))
+        self._consumer = consumer
+        consumer.subscribe(
+            [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
+        )
+        log.info("consumer started", extra={"topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
+                                            "group": self.settings.kafka_consumer_group})
+        try:
+            while not self._stopping.is_set():
+                self._collect(consumer)
+                if self._pending:
+                    self._write_pending(consumer)
+                self._heartbeat(consumer)
+        finally:
+            consumer.close()
+            self.writer.close()
+            log.info("consumer stopped", extra={"totals": vars(self.metrics.totals)})
+        return 0
+
+    def _collect(self, consumer: Consumer) -> None:
+        """Fill ``self._pending`` until the batch size or the maximum wait is reached."""
+        size = self.settings.consumer_batch_size
+        deadline = time.monotonic() + self.settings.consumer_batch_max_wait_ms / 1000
+        consumed: Counter[str] = Counter()
+        while len(self._pending) < size and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for message in consumer.consume(min(size - len(self._pending), 10_000), timeout=min(remaining, 1.0)):
+                error = message.error()
+                if error is not None:
+                    self._kafka_error(error)
+                    continue
+                key = (message.topic(), message.partition())
+                if not self.positions.accept(key, message.offset()):
+                    continue
+                consumed[key[0]] += 1
+                self._pending.append(
+                    classify(_record(message), messages_topic=self.settings.kafka_topic, message_id_field=self.settings.message_id_field)
+                )
+        self.metrics.record_consumed(consumed)
+
+    def _kafka_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("kafka error", extra={"error": str(error)})
+
+    def _write_pending(self, consumer: Consumer) -> None:
+        """Write the pending records, retrying the same batch until it commits or we stop."""
+        delays = backoff_delays(0.5, 10.0)
+        while True:
+            batch = _batch(self._pending, self.settings.kafka_topic)
+            started = time.monotonic()
+            try:
+                result = self.writer.write(batch)
+            except MissingPartition:
+                log.warning("a day partition vanished (retention?); recreating it", extra={"records": len(self._pending)})
+                self._stopping.wait(0.1)
+                continue
+            except Exception as exc:  # noqa: BLE001 - infrastructure retries; anything else also never advances
+                self.metrics.record_database_error()
+                infra = is_infrastructure_error(exc)
+                log.log(logging.WARNING if infra else logging.ERROR, "batch not written, retrying",
+                        extra={"records": len(self._pending), "error": str(exc).strip()[:300], "infrastructure": infra},
+                        exc_info=not infra)
+                if self._stopping.is_set():
+                    log.warning("stopping with an unwritten batch; it is read again on restart", extra={"records": len(self._pending)})
+                    self._pending = []
+                    return
+                self._stopping.wait(next(delays))
+                continue
+            self.metrics.record_batch(result, len(self._pending), time.monotonic() - started)
+            self._pending = []
+            self._commit_to_kafka(consumer, batch.next_offsets)
+            return
+
+    def _commit_to_kafka(self, consumer: Consumer, next_offsets: dict[tuple[str, int], int]) -> None:
+        assigned = set(self.positions.assigned())
+        offsets = [TopicPartition(t, p, n) for (t, p), n in next_offsets.items() if (t, p) in assigned]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:  # lag monitoring only: the database holds the position
+            log.debug("kafka commit failed", extra={"error": str(exc)})
+
+    def _update_lag(self, consumer: Consumer) -> int:
+        """Per partition: the broker's high watermark (as last fetched) minus the stored position."""
+        total = 0
+        for topic, partition in self.positions.assigned():
+            position = self.positions.next_offset((topic, partition))
+            try:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and position is not None:
+                lag = max(0, high - position)
+                self.metrics.set_lag(topic, partition, lag)
+                total += lag
+        return total
+
+    def _heartbeat(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_update >= 1.0:
+            self._lag_total = self._update_lag(consumer)
+            self._last_lag_update = now
+        if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
+            return
+        totals = self.metrics.totals
+        rate = (totals.inserted - self._heartbeat_inserted) / (now - self._last_heartbeat)
+        log.info("consumer heartbeat", extra={**vars(totals), "rows_per_s": round(rate, 1), "lag": self._lag_total,
+                                              "assigned": len(self.positions.assigned()), "position_gaps": self.positions.gaps})
+        self._last_heartbeat, self._heartbeat_inserted = now, totals.inserted
+
+
+def _key(row: MessageRow | DeadLetterRow, messages_topic: str) -> tuple[str, int]:
+    if isinstance(row, MessageRow):
+        return (messages_topic, row.kafka_partition)
+    return (row.kafka_topic, row.kafka_partition)
+
+
+def _batch(pending: list[MessageRow | DeadLetterRow], messages_topic: str) -> Batch:
+    messages = [r for r in pending if isinstance(r, MessageRow)]
+    letters = [r for r in pending if isinstance(r, DeadLetterRow)]
+    next_offsets: dict[tuple[str, int], int] = {}
+    for row in pending:
+        key = _key(row, messages_topic)
+        offset = row.kafka_offset + 1
+        if offset > next_offsets.get(key, -1):
+            next_offsets[key] = offset
+    return Batch(messages, letters, next_offsets)

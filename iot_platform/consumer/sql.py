@@ -1,0 +1,80 @@
+"""The consumer's SQL statements (all values bound; the only identifiers are fixed schema names)."""
+
+from iot_platform.consumer.copy_format import STAGING_COLUMNS
+
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
+    tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_json jsonb,
+    message_id text, device_id text, device_ts timestamptz, received_at timestamptz,
+    kafka_partition integer, kafka_offset bigint
+) ON COMMIT DELETE ROWS
+"""
+
+COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
+
+# First occurrence of each (tenant, message id) in the batch claims the id unless an earlier batch
+# did; rows without an id, or whose id was claimed by this very record, become messages; the other
+# copies are recorded as duplicates. Replayed records (same partition and offset) change nothing.
+INSERT_FROM_STAGING = """
+WITH firsts AS (
+    SELECT DISTINCT ON (tenant_id, message_id) tenant_id, message_id, received_at, kafka_partition, kafka_offset
+    FROM ingest_staging WHERE message_id IS NOT NULL
+    ORDER BY tenant_id, message_id, kafka_partition, kafka_offset
+), claimed AS (
+    INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)
+    SELECT tenant_id, message_id, received_at, kafka_partition, kafka_offset FROM firsts
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, message_id, kafka_partition, kafka_offset
+), inserted AS (
+    INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id,
+                              device_id, device_ts, received_at, kafka_partition, kafka_offset)
+    SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload, s.payload_json, s.message_id,
+           s.device_id, s.device_ts, s.received_at, s.kafka_partition, s.kafka_offset
+    FROM ingest_staging s
+    WHERE s.message_id IS NULL
+       OR EXISTS (SELECT 1 FROM claimed c WHERE c.kafka_partition = s.kafka_partition AND c.kafka_offset = s.kafka_offset)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), duplicates AS (
+    INSERT INTO iot.duplicate_messages (kafka_partition, kafka_offset, tenant_id, message_id, received_at,
+                                        first_kafka_partition, first_kafka_offset)
+    SELECT s.kafka_partition, s.kafka_offset, s.tenant_id, s.message_id, s.received_at,
+           coalesce(c.kafka_partition, m.kafka_partition), coalesce(c.kafka_offset, m.kafka_offset)
+    FROM ingest_staging s
+    LEFT JOIN claimed c ON c.tenant_id = s.tenant_id AND c.message_id = s.message_id
+    LEFT JOIN iot.message_ids m ON m.tenant_id = s.tenant_id AND m.message_id = s.message_id
+    WHERE s.message_id IS NOT NULL
+      AND (c.kafka_partition, c.kafka_offset) IS DISTINCT FROM (s.kafka_partition, s.kafka_offset)
+      AND (m.kafka_partition, m.kafka_offset) IS DISTINCT FROM (s.kafka_partition, s.kafka_offset)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM duplicates)
+"""
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO iot.dead_letters (reason, source, mqtt_topic, tenant_id, payload, received_at, kafka_topic,
+                              kafka_partition, kafka_offset, bridge_id, original_size, truncated)
+VALUES %s
+ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
+"""
+
+INSERT_MISSING_OFFSETS = "INSERT INTO iot.ingest_offsets (topic, partition, next_offset) VALUES %s ON CONFLICT DO NOTHING"
+
+LOCK_OFFSETS = """
+SELECT topic, partition, next_offset FROM iot.ingest_offsets
+WHERE (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))
+ORDER BY topic, partition
+FOR UPDATE
+"""
+
+SELECT_OFFSETS = """
+SELECT topic, partition, next_offset FROM iot.ingest_offsets
+WHERE (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))
+"""
+
+UPDATE_OFFSETS = """
+UPDATE iot.ingest_offsets o SET next_offset = v.next_offset, updated_at = now()
+FROM (VALUES %s) AS v (topic, partition, next_offset)
+WHERE o.topic = v.topic AND o.partition = v.partition
+"""

@@ -1,0 +1,207 @@
+"""One consumer batch -> one PostgreSQL transaction: rows, dead letters and next offsets together.
+
+Guarantee (exactly-once effect): the rows of a batch and the ``iot.ingest_offsets`` positions after
+it commit atomically. Inside the transaction each partition's offset row is locked and records
+below the stored position are skipped, so a batch written twice (a retry after a commit whose
+outcome was lost, a zombie consumer after a rebalance) adds nothing. Rows go through COPY into a
+temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING``; a payload message id seen
+before for the same tenant (``iot.message_ids``) turns the row into an ``iot.duplicate_messages``
+entry. A row PostgreSQL rejects is isolated by bisection under savepoints: retried once without
+its jsonb, then dead-lettered; the rest of the batch is stored. Infrastructure errors propagate
+after a rollback (and the connection is dropped): nothing of the batch, offsets included, is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from iot_platform.consumer import copy_format, sql
+from iot_platform.consumer.positions import TopicPartitionKey
+from iot_platform.consumer.records import DeadLetterRow, MessageRow, rejected
+from iot_platform.settings import Settings
+from iot_platform.storage.db import connect, is_infrastructure_error
+from iot_platform.storage.migrate import ensure_day_partitions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    messages: list[MessageRow]
+    dead_letters: list[DeadLetterRow]
+    next_offsets: dict[TopicPartitionKey, int]  # per partition: last offset in the batch + 1
+
+
+@dataclass
+class WriteResult:
+    inserted: int = 0
+    duplicates_message_id: int = 0
+    replays_skipped: int = 0
+    json_dropped: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)  # by source
+
+
+class MissingPartition(Exception):
+    """A row's day partition vanished (retention dropped it): recreate it and retry the batch."""
+
+
+class BatchWriter:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._messages_topic = settings.kafka_topic
+        self._conn: psycopg2.extensions.connection | None = None
+        self._known_days: set[dt.date] = set()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> psycopg2.extensions.connection:
+        if self._conn is None or self._conn.closed:
+            conn = connect(self._settings)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql.CREATE_STAGING)
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            self._known_days.clear()
+        return self._conn
+
+    def stored_offsets(self, keys: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """The stored next offsets of ``keys`` (absent when nothing was stored yet)."""
+        keys = list(keys)
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SELECT_OFFSETS, ([t for t, _ in keys], [p for _, p in keys]))
+                found = {(t, p): n for t, p, n in cur.fetchall()}
+            conn.commit()
+            return found
+        except BaseException:
+            self._abandon()
+            raise
+
+    def write(self, batch: Batch) -> WriteResult:
+        """Store ``batch`` in one transaction; see the module docstring for the guarantee."""
+        conn = self._connection()
+        try:
+            self._ensure_days({row.received_day for row in batch.messages})
+            with conn.cursor() as cur:
+                result = self._write_in_transaction(cur, batch)
+            conn.commit()
+            return result
+        except MissingPartition:
+            self._known_days.clear()
+            self._abandon(close=False)
+            raise
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self, close: bool = True) -> None:
+        if self._conn is None:
+            return
+        with contextlib.suppress(psycopg2.Error):
+            self._conn.rollback()
+        if close:
+            self.close()
+
+    def _ensure_days(self, days: set[dt.date]) -> None:
+        missing = days - self._known_days
+        if missing:
+            ensure_day_partitions(self._conn, missing)
+            self._known_days |= missing
+
+    def _write_in_transaction(self, cur: psycopg2.extensions.cursor, batch: Batch) -> WriteResult:
+        stored = self._lock_offsets(cur, batch.next_offsets)
+        fresh = [r for r in batch.messages if r.kafka_offset >= stored.get((self._messages_topic, r.kafka_partition), 0)]
+        letters = [d for d in batch.dead_letters if d.kafka_offset >= stored.get((d.kafka_topic, d.kafka_partition), 0)]
+        result = WriteResult(replays_skipped=len(batch.messages) + len(batch.dead_letters) - len(fresh) - len(letters))
+        if fresh:
+            letters += self._store_messages(cur, fresh, result, top_level=True)
+        if letters:
+            psycopg2.extras.execute_values(cur, sql.INSERT_DEAD_LETTERS, [_dead_letter_values(d) for d in letters], page_size=1000)
+            for d in letters:
+                result.dead_letters[d.source] = result.dead_letters.get(d.source, 0) + 1
+        advanced = [(t, p, max(n, stored.get((t, p), 0))) for (t, p), n in sorted(batch.next_offsets.items())]
+        psycopg2.extras.execute_values(cur, sql.UPDATE_OFFSETS, advanced, template="(%s, %s::int, %s::bigint)")
+        return result
+
+    def _lock_offsets(self, cur: psycopg2.extensions.cursor, next_offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
+        keys = sorted(next_offsets)
+        psycopg2.extras.execute_values(cur, sql.INSERT_MISSING_OFFSETS, keys, template="(%s, %s::int, 0)")
+        cur.execute(sql.LOCK_OFFSETS, ([t for t, _ in keys], [p for _, p in keys]))
+        return {(t, p): n for t, p, n in cur.fetchall()}
+
+    def _store_messages(self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, *, top_level: bool, with_json: bool = True) -> list[DeadLetterRow]:
+        """Insert ``rows``; returns the dead letters of rows PostgreSQL rejected (bisecting to find them)."""
+        data = "".join(copy_format.copy_line(r, with_json=with_json) for r in rows).encode()
+        cur.execute("SAVEPOINT rows")
+        try:
+            cur.copy_expert(sql.COPY_STAGING, io.BytesIO(data), size=1 << 20)
+            cur.execute(sql.INSERT_FROM_STAGING)
+            inserted, duplicates = cur.fetchone()
+            if not top_level:  # later bisection steps reuse the staging table in this transaction
+                cur.execute("TRUNCATE ingest_staging")
+            cur.execute("RELEASE SAVEPOINT rows")
+        except (psycopg2.Error, ValueError) as exc:
+            if isinstance(exc, psycopg2.Error) and is_infrastructure_error(exc):
+                raise
+            if isinstance(exc, psycopg2.Error) and exc.pgcode == "23514" and "no partition" in str(exc):
+                raise MissingPartition(str(exc)) from exc
+            cur.execute("ROLLBACK TO SAVEPOINT rows")
+            return self._isolate(cur, rows, result, with_json, exc)
+        result.inserted += inserted
+        result.duplicates_message_id += duplicates
+        if not with_json:
+            result.json_dropped += inserted
+        result.replays_skipped += len(rows) - inserted - duplicates
+        return []
+
+    def _isolate(self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, with_json: bool, exc: Exception) -> list[DeadLetterRow]:
+        if len(rows) > 1:
+            middle = len(rows) // 2
+            return self._store_messages(cur, rows[:middle], result, top_level=False, with_json=with_json) + self._store_messages(
+                cur, rows[middle:], result, top_level=False, with_json=with_json
+            )
+        row = rows[0]
+        if with_json and row.json_text is not None:
+            return self._store_messages(cur, rows, result, top_level=False, with_json=False)
+        reason = f"rejected by PostgreSQL: {_error_text(exc)}"
+        log.warning("row dead-lettered", extra={"partition": row.kafka_partition, "offset": row.kafka_offset, "reason": reason})
+        return [rejected(row, reason, self._messages_topic)]
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, psycopg2.Error):
+        return f"{exc.pgcode or ''} {(exc.pgerror or str(exc)).strip().splitlines()[0]}"[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _clean(text: str | None) -> str | None:
+    """Text PostgreSQL accepts: no NUL (psycopg2 raises ValueError), no lone surrogate."""
+    if text is None:
+        return None
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _dead_letter_values(d: DeadLetterRow) -> tuple[object, ...]:
+    return (
+        _clean(d.reason), d.source, _clean(d.mqtt_topic), _clean(d.tenant_id), psycopg2.Binary(d.payload),
+        copy_format.timestamp_ms(d.received_at_ms), d.kafka_topic, d.kafka_partition, d.kafka_offset,
+        _clean(d.bridge_id), d.original_size, d.truncated,
+    )
