@@ -1,0 +1,159 @@
+"""Every dashboard query, with Grafana's macros expanded for a concrete range, runs on the real schema
+and returns the rows the test wrote."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2 import sql as pgsql
+from pydantic import SecretStr
+
+from iot_platform.dashboards.macros import Expansion, Variable, expand
+from iot_platform.dashboards.overview import PLATFORM_OVERVIEW
+from iot_platform.dashboards.tenant_telemetry import TENANT_TELEMETRY
+from iot_platform.settings import Settings
+from iot_platform.storage.db import connect
+from iot_platform.storage.migrate import apply_migrations
+from iot_platform.storage.tenant_identity import derive_password
+from iot_platform.storage.tenants import sync_tenants
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(timezone.utc)
+H0 = NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+H1 = H0 + timedelta(hours=1)
+RANGE = dict(start=H0 - timedelta(hours=1), end=NOW + timedelta(hours=1), interval=timedelta(minutes=1))
+
+
+def _write_fixture_rows(conn: Any) -> None:
+    messages = [("acme", "p1", H0 + timedelta(minutes=1), 0, 1, b"0123456789"),
+                ("acme", "p1", H0 + timedelta(minutes=2), 0, 2, b"0123456789"),
+                ("acme", "p1", H1 + timedelta(minutes=1), 0, 3, b"0123456789"),
+                ("beta", "p2", H0 + timedelta(minutes=5), 1, 1, b"01234")]
+    with conn.cursor() as cur:
+        for tenant, project, received, partition, offset, payload in messages:
+            cur.execute(
+                "INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, device_id, received_at,"
+                " kafka_partition, kafka_offset, ingested_at) VALUES (%s, %s, %s, %s, 'd1', %s, %s, %s, %s)",
+                (tenant, project, f"mtic/msg/client/realtime/{tenant}/{project}", payload, received, partition, offset,
+                 received + timedelta(seconds=2)))
+        for reason, source, tenant, offset in (("bad_topic", "bridge", None, 1), ("bad_topic", "bridge", None, 2),
+                                               ("too_large", "bridge", "acme", 3)):
+            cur.execute(
+                "INSERT INTO iot.dead_letters (reason, source, mqtt_topic, tenant_id, payload, received_at, kafka_topic,"
+                " kafka_partition, kafka_offset, dead_lettered_at) VALUES (%s, %s, 'x/y', %s, 'p', %s, 'dlq', 0, %s, %s)",
+                (reason, source, tenant, H0, offset, H0 + timedelta(minutes=offset)))
+        cur.execute("INSERT INTO iot.ingest_offsets (topic, partition, next_offset) VALUES ('t', 0, 4), ('t', 1, 2)")
+        for hour, tenant, project, count, size in ((H0, "acme", "p1", 2, 20), (H1, "acme", "p1", 1, 10), (H0, "beta", "p2", 1, 5)):
+            cur.execute("INSERT INTO iot.rollup_hourly (hour, tenant_id, project_id, message_count, payload_bytes,"
+                        " distinct_devices) VALUES (%s, %s, %s, %s, %s, 1)", (hour, tenant, project, count, size))
+        for hour, tenant, project, field, n, low, high, total in (
+                (H0, "acme", "p1", "temp", 2, 20.0, 22.0, 42.0), (H1, "acme", "p1", "temp", 1, 30.0, 30.0, 30.0),
+                (H0, "beta", "p2", "hum", 1, 50.0, 50.0, 50.0)):
+            cur.execute("INSERT INTO iot.rollup_hourly_fields (hour, tenant_id, project_id, field, value_count, min_value,"
+                        " max_value, avg_value, sum_value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        (hour, tenant, project, field, n, low, high, total / n, total))
+    conn.commit()
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Any]:
+    apply_migrations(settings)
+    conn = connect(settings)
+    _write_fixture_rows(conn)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _run(conn: Any, query: str, expansion: Expansion) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(expand(query, expansion).replace("%", "%%"))
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
+def _by_title(dashboard: Any, conn: Any, expansion: Expansion) -> dict[str, list[tuple[Any, ...]]]:
+    return {panel.title: _run(conn, panel.sql, expansion) for panel in dashboard.panels()}
+
+
+def test_platform_overview_panels_return_the_written_rows(database: Any) -> None:
+    """Each overview panel returns rows, and the counts, bytes, reasons and delays are the ones written."""
+    rows = _by_title(PLATFORM_OVERVIEW, database, Expansion(**RANGE))
+    assert all(rows.values()), [title for title, result in rows.items() if not result]
+    assert round(sum(float(r[1]) for r in rows["Message rate"]) * 60) == 4
+    per_tenant = {(int(r[0]), r[1]): int(r[2]) for r in rows["Messages per tenant (hourly)"]}
+    assert per_tenant == {(int(H0.timestamp()), "acme"): 2, (int(H1.timestamp()), "acme"): 1, (int(H0.timestamp()), "beta"): 1}
+    assert {(r[1], int(r[2])) for r in rows["Payload bytes per tenant (hourly)"]} == {("acme", 20), ("acme", 10), ("beta", 5)}
+    assert [(r[0], r[1], int(r[2]), int(r[3])) for r in rows["Tenants and projects"]] == [("acme", "p1", 3, 30), ("beta", "p2", 1, 5)]
+    reasons: dict[str, int] = {}
+    for r in rows["Dead letters by reason"]:
+        reasons[r[1]] = reasons.get(r[1], 0) + int(r[2])
+    assert reasons == {"bad_topic": 2, "too_large": 1}
+    assert {(r[0], r[2], int(r[3])) for r in rows["Dead letters: totals"]} == {("bad_topic", "(unknown)", 2), ("too_large", "acme", 1)}
+    assert max(float(r[2]) for r in rows["Consumer delay (received to stored)"]) == pytest.approx(2.0)
+    assert [(r[0], r[1], r[2]) for r in rows["Consumer offsets per partition"]] == [("t", 0, 4), ("t", 1, 2)]
+    assert float(rows["Newest message age"][0][0]) >= 0 and rows["Last rollup run"][0][0] is not None
+    assert {(r[0], r[1]) for r in rows["Freshness per tenant and project"]} == {("acme", "p1"), ("beta", "p2")}
+
+
+def test_tenant_telemetry_variables_and_panels(database: Any) -> None:
+    """The variables list the written tenants, projects and fields; panels return that tenant's rollups only."""
+    bare = Expansion(**RANGE)
+    assert _run(database, TENANT_TELEMETRY.variables[0].sql, bare) == [("acme",), ("beta",)]
+    scope = {"tenant": Variable(("acme",))}
+    assert _run(database, TENANT_TELEMETRY.variables[1].sql, Expansion(**RANGE, variables=scope)) == [("p1",)]
+    scope["project"] = Variable(("p1",), multi=True)
+    assert _run(database, TENANT_TELEMETRY.variables[2].sql, Expansion(**RANGE, variables=scope)) == [("temp",)]
+    scope["field"] = Variable(("temp",), multi=True)
+    rows = _by_title(TENANT_TELEMETRY, database, Expansion(**RANGE, variables=scope))
+    assert all(rows.values()), [title for title, result in rows.items() if not result]
+    assert {(int(r[0]), r[1], int(r[2])) for r in rows["Messages per hour"]} == {
+        (int(H0.timestamp()), "p1", 2), (int(H1.timestamp()), "p1", 1)}
+    assert [(float(r[1]), float(r[2]), float(r[3])) for r in rows["$field"]] == [(21.0, 20.0, 22.0), (30.0, 30.0, 30.0)]
+    summary = rows["Fields over the range"]
+    assert [(r[0], r[1], int(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in summary] == [("p1", "temp", 3, 20.0, 24.0, 30.0)]
+
+
+def test_tenant_telemetry_as_a_tenant_role_sees_only_that_tenant(database: Any, settings: Settings, postgres_server: Any) -> None:
+    """Through a tenant's role (as its Grafana organisation queries), $tenant offers only that tenant and
+    selecting another tenant returns nothing."""
+    tag = uuid.uuid4().hex[:8]
+    synced = settings.model_copy(update={"tenant_role_prefix": f"t{tag}_", "tenant_password_key": SecretStr("k"),
+                                         "analyst_role": f"analyst_{tag}", "ingest_role": f"ingest_{tag}"})
+    result = sync_tenants(synced)
+    roles = dict(result.roles)
+    try:
+        conn = psycopg2.connect(host=settings.pg_host, port=settings.pg_port, dbname=settings.pg_database,
+                                user=roles["beta"], password=derive_password("k", roles["beta"]), connect_timeout=10)
+        try:
+            assert _run(conn, TENANT_TELEMETRY.variables[0].sql, Expansion(**RANGE)) == [("beta",)]
+            other = {"tenant": Variable(("acme",)), "project": Variable(("p1",), multi=True), "field": Variable(("temp",), multi=True)}
+            for panel in TENANT_TELEMETRY.panels():
+                assert _run(conn, panel.sql, Expansion(**RANGE, variables=other)) == [], panel.title
+            own = {"tenant": Variable(("beta",)), "project": Variable(("p2",), multi=True), "field": Variable(("hum",), multi=True)}
+            assert _run(conn, TENANT_TELEMETRY.panels().__next__().sql, Expansion(**RANGE, variables=own))
+        finally:
+            conn.close()
+    finally:
+        _drop_roles(postgres_server.admin_dsn, settings.pg_database, [r for _, r in result.roles] + list(result.roles_created))
+
+
+def _drop_roles(admin_dsn: str, database: str, roles: list[str]) -> None:
+    conn = psycopg2.connect(admin_dsn.replace("/postgres?", f"/{database}?"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for role in sorted(set(roles)):
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                if cur.fetchone():
+                    cur.execute(pgsql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(pgsql.Identifier(role)))
+    finally:
+        conn.close()
