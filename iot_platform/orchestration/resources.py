@@ -15,16 +15,16 @@ from iot_platform.settings import Settings
 
 
 class PlatformSettings(dg.ConfigurableResource):
-    """Settings from the process environment, overridden by ``env`` (IOT_* name -> value)."""
+    """Settings from the process environment, overridden by ``overrides`` (IOT_* name -> value)."""
 
-    env: dict[str, str] = Field(default_factory=dict, description="IOT_* overrides; empty in production.")
+    overrides: dict[str, str] = Field(default_factory=dict, description="IOT_* overrides; empty in production.")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PlatformSettings":
-        return cls(env=settings.as_env())
+        return cls(overrides=settings.as_env())
 
     def get(self) -> Settings:
-        overrides = {name[len("IOT_"):].lower(): value for name, value in self.env.items() if name.startswith("IOT_")}
+        overrides = {name[len("IOT_"):].lower(): value for name, value in self.overrides.items() if name.startswith("IOT_")}
         return Settings(**overrides)  # type: ignore[arg-type]
 
     def child_env(self) -> dict[str, str]:
@@ -33,4 +33,4 @@ class PlatformSettings(dg.ConfigurableResource):
         ``IOT_EXIT_WITH_PARENT`` makes the service stop when its run worker dies, so a SIGKILLed
         worker never leaves an orphan beside the replacement run the watchdog starts.
         """
-        return {**self.env, "IOT_EXIT_WITH_PARENT": "true"}
+        return {**self.overrides, "IOT_EXIT_WITH_PARENT": "true"}
