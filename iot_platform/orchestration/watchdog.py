@@ -5,7 +5,7 @@ started, canceling) gets a run request, so a service that crashed, was killed or
 back within a minute while the sensor is on. A STARTED run whose worker process is gone on this
 host (SIGKILL, `dev down`, a reboot) is marked failed first: such a run would otherwise look
 active forever. A service that keeps failing right after start is relaunched with exponential
-backoff (15 s doubling to 5 min) instead of flooding the run history.
+backoff (10 s doubling to 5 min) instead of flooding the run history.
 
 To stop a service: turn this sensor off, then terminate the service's run.
 """
@@ -21,7 +21,7 @@ import dagster as dg
 from iot_platform.orchestration.services import SERVICE_JOBS, SERVICES, SERVICE_TAG, WORKER_HOST_TAG, WORKER_PID_TAG
 
 ACTIVE = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "SUSPENDED"})
-QUICK_FAILURE_S = 60.0  # a run that failed sooner than this counts towards the crash-loop backoff
+QUICK_FAILURE_S = 20.0  # a run that failed sooner than this counts towards the crash-loop backoff
 HISTORY = 10
 
 
@@ -44,7 +44,7 @@ class Decision:
     dead_runs: tuple[str, ...] = ()  # STARTED runs whose worker is gone: mark them failed
 
 
-def backoff_s(quick_failures: int, base_s: float = 15.0, maximum_s: float = 300.0) -> float:
+def backoff_s(quick_failures: int, base_s: float = 10.0, maximum_s: float = 300.0) -> float:
     return 0.0 if quick_failures <= 0 else min(maximum_s, base_s * 2 ** (quick_failures - 1))
 
 

@@ -234,3 +234,51 @@ def test_completeness_check_lists_gaps(schema: Settings) -> None:
     failing = completeness()
     assert not failing.passed
     assert failing.metadata["gaps"].value == {f"{settings.kafka_topic}[2]": [[2, 3], [8, 8], [10, 11]]}
+
+
+def test_observer_reports_end_offsets_lag_and_liveness(schema: Settings) -> None:
+    """Observations carry Kafka end offsets, per-partition lag against iot.ingest_offsets, and rates on the next tick."""
+    from confluent_kafka import Producer
+
+    from iot_platform.orchestration.observer import platform_observer
+
+    settings = schema
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for partition, count in ((0, 5), (1, 3)):
+        for _ in range(count):
+            producer.produce(settings.kafka_topic, b"x", partition=partition)
+    assert producer.flush(30) == 0
+    conn = connect(settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO iot.ingest_offsets (topic, partition, next_offset) VALUES (%s, 0, 5), (%s, 1, 1)",
+                    (settings.kafka_topic, settings.kafka_topic))
+    conn.close()
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=resources(settings))
+        result = platform_observer(context)
+        kafka, raw = result.asset_events
+        assert kafka.asset_key == dg.AssetKey("kafka_iot_messages") and raw.asset_key == dg.AssetKey("iot_messages")
+        assert kafka.metadata["end_offsets_total"].value == 8
+        assert raw.metadata["lag_total"].value == 2
+        assert raw.metadata["lag_per_partition"].value["1"] == 2
+        assert raw.metadata["consumer_alive"].value is False  # no consumer in this test
+        assert "errors" not in raw.metadata
+
+        producer.produce(settings.kafka_topic, b"y", partition=2)
+        producer.flush(30)
+        later = platform_observer(dg.build_sensor_context(instance=instance, resources=resources(settings), cursor=result.cursor))
+        assert later.asset_events[0].metadata["produce_rate_per_s"].value > 0
+
+
+def test_observer_reports_unreachable_kafka_as_evidence(schema: Settings) -> None:
+    """A source that cannot be read shows up as an error in the metadata; the PostgreSQL side is still observed."""
+    from iot_platform.orchestration.observer import platform_observer
+    from iot_platform.stack.ports import free_port
+
+    broken = schema.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = platform_observer(dg.build_sensor_context(instance=instance, resources=resources(broken)))
+    kafka, raw = result.asset_events
+    assert "kafka" in kafka.metadata["errors"].value
+    assert raw.metadata["consumed_offsets_total"].value == 0

@@ -72,24 +72,24 @@ def test_runs_whose_worker_cannot_be_judged_count_as_active(run: RunView) -> Non
     assert not decision.launch and decision.dead_runs == ()
 
 
-@pytest.mark.parametrize(("failures", "expected"), [(0, 0.0), (1, 15.0), (2, 30.0), (3, 60.0), (5, 240.0), (6, 300.0), (20, 300.0)])
+@pytest.mark.parametrize(("failures", "expected"), [(0, 0.0), (1, 10.0), (2, 20.0), (3, 40.0), (5, 160.0), (6, 300.0), (20, 300.0)])
 def test_backoff_doubles_up_to_five_minutes(failures: int, expected: float) -> None:
-    """Crash loops back off 15 s, 30 s, 60 s ... capped at 300 s."""
+    """Crash loops back off 10 s, 20 s, 40 s ... capped at 300 s."""
     assert backoff_s(failures) == expected
 
 
 def test_quick_failures_back_off() -> None:
-    """Two runs that failed within seconds of starting: wait 30 s after the last before relaunching."""
+    """Two runs that failed within seconds of starting: wait 20 s after the last before relaunching."""
     runs = [RunView("r2", "FAILURE", NOW - 12, NOW - 10), RunView("r1", "FAILURE", NOW - 42, NOW - 40)]
     assert not decide(runs, NOW, HOST, alive_only()).launch
-    assert decide(runs, NOW + 21, HOST, alive_only()).launch
+    assert decide(runs, NOW + 11, HOST, alive_only()).launch
 
 
 def test_a_long_run_resets_the_backoff() -> None:
     """Only consecutive quick failures count: a long healthy run before them breaks the chain."""
-    runs = [RunView("r3", "FAILURE", NOW - 14, NOW - 10), RunView("r2", "FAILURE", NOW - 9000, NOW - 30),
+    runs = [RunView("r3", "FAILURE", NOW - 9, NOW - 5), RunView("r2", "FAILURE", NOW - 9000, NOW - 30),
             RunView("r1", "FAILURE", NOW - 9100, NOW - 9090)]
-    assert not decide(runs, NOW, HOST, alive_only()).launch  # one quick failure: 15 s after its end
+    assert not decide(runs, NOW, HOST, alive_only()).launch  # one quick failure: 10 s after its end
     assert decide(runs, NOW + 5, HOST, alive_only()).launch
 
 
