@@ -1,0 +1,88 @@
+"""Error classification and retry: infrastructure errors retry with backoff, data errors do not."""
+
+from __future__ import annotations
+
+import itertools
+
+import psycopg2
+import psycopg2.errors
+import pytest
+
+from iot_platform.consumer.service import _batch
+from iot_platform.consumer.records import DeadLetterRow, MessageRow
+from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
+
+
+def _pg_error(cls: type[psycopg2.Error], sqlstate: str) -> psycopg2.Error:
+    """An error as the server would send it: psycopg2's class with its SQLSTATE."""
+    with_code = type(cls.__name__, (cls,), {"pgcode": sqlstate})
+    return with_code("simulated")
+
+
+@pytest.mark.parametrize(
+    ("exc", "infrastructure"),
+    [
+        (psycopg2.OperationalError("server closed the connection"), True),
+        (psycopg2.InterfaceError("connection already closed"), True),
+        (_pg_error(psycopg2.errors.QueryCanceled, "57014"), True),
+        (_pg_error(psycopg2.errors.AdminShutdown, "57P01"), True),
+        (_pg_error(psycopg2.errors.DeadlockDetected, "40P01"), True),
+        (_pg_error(psycopg2.errors.LockNotAvailable, "55P03"), True),
+        (_pg_error(psycopg2.errors.UndefinedTable, "42P01"), True),
+        (_pg_error(psycopg2.errors.DiskFull, "53100"), True),
+        (TimeoutError(), True),
+        (_pg_error(psycopg2.errors.InvalidTextRepresentation, "22P02"), False),
+        (_pg_error(psycopg2.errors.CheckViolation, "23514"), False),
+        (_pg_error(psycopg2.errors.UntranslatableCharacter, "22P05"), False),
+        (_pg_error(psycopg2.errors.UniqueViolation, "23505"), False),
+        (ValueError("A string literal cannot contain NUL (0x00) characters."), False),
+    ],
+)
+def test_classification(exc: BaseException, infrastructure: bool) -> None:
+    """Database unavailable, overloaded or not migrated yet: infrastructure (retry, never advance).
+    Bad data (and psycopg2's ValueError for NUL): not infrastructure (isolate and dead-letter)."""
+    assert is_infrastructure_error(exc) is infrastructure
+
+
+def test_retry_until_success_with_growing_jittered_delays() -> None:
+    """Infrastructure errors are retried (sleeping a jittered, growing delay) until the call succeeds."""
+    calls, sleeps = itertools.count(), []
+
+    def flaky() -> str:
+        if next(calls) < 4:
+            raise psycopg2.OperationalError("down")
+        return "ok"
+
+    assert retry_infrastructure(flaky, description="t", sleep=sleeps.append, initial_s=1, maximum_s=4) == "ok"
+    assert len(sleeps) == 4 and all(0.5 <= s <= 4 for s in sleeps)
+
+
+def test_data_errors_are_not_retried() -> None:
+    """A data error propagates at once: retrying cannot fix bad data."""
+    sleeps: list[float] = []
+    with pytest.raises(ValueError):
+        retry_infrastructure(lambda: (_ for _ in ()).throw(ValueError("NUL")), description="t", sleep=sleeps.append)
+    assert sleeps == []
+
+
+def test_stop_ends_retrying() -> None:
+    """When the service is stopping, the infrastructure error is raised instead of retried forever."""
+    with pytest.raises(psycopg2.OperationalError):
+        retry_infrastructure(lambda: (_ for _ in ()).throw(psycopg2.OperationalError("down")), description="t",
+                             should_stop=lambda: True, sleep=lambda _: None)
+
+
+def test_backoff_is_bounded() -> None:
+    """Delays never exceed the maximum and never drop below half the initial delay."""
+    delays = list(itertools.islice(backoff_delays(0.5, 10.0), 50))
+    assert all(0.25 <= d <= 10.0 for d in delays) and max(delays[10:]) > 2
+
+
+def test_batch_next_offsets_per_topic_partition() -> None:
+    """A batch's next offset per (topic, partition) is its highest offset + 1, for both topics."""
+    m = MessageRow("t", "p", "x", b"", None, None, None, None, 0, 2, 0)
+    rows = [m, m.__class__(**{**{f: getattr(m, f) for f in m.__slots__}, "kafka_offset": 9}),
+            DeadLetterRow("r", "bridge", "x", None, b"", 0, "dlq", 0, 4)]
+    batch = _batch(rows, "msgs")
+    assert batch.next_offsets == {("msgs", 2): 10, ("dlq", 0): 5}
+    assert len(batch.messages) == 2 and len(batch.dead_letters) == 1
