@@ -105,7 +105,7 @@ def _revoke_stray_privileges(cur: psycopg2.extensions.cursor) -> list[str]:
     directly; a privilege on one would expose every tenant's rows.
     """
     cur.execute(
-        "SELECT c.oid::regclass::text FROM pg_class c"
+        "SELECT format('%%I.%%I', 'iot', c.relname) FROM pg_class c"
         " WHERE c.relnamespace = 'iot'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
         " AND NOT (c.relname = ANY(%s))"
         " AND (has_table_privilege(%s, c.oid, 'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')"

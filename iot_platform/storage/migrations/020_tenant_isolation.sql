@@ -110,11 +110,14 @@ DECLARE
     rel record;
 BEGIN
     -- Existing partitions (at any depth) of iot.messages: no direct access for tenants or PUBLIC.
-    FOR rel IN SELECT relid::regclass AS name FROM pg_partition_tree('iot.messages') WHERE level > 0 LOOP
+    FOR rel IN SELECT format('%I.%I', n.nspname, c.relname) AS name
+               FROM pg_partition_tree('iot.messages') t
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE t.level > 0 LOOP
         EXECUTE format('REVOKE ALL ON %s FROM PUBLIC, iot_tenant_reader', rel.name);
     END LOOP;
     -- Views read with the privileges and policies of the querying role.
-    FOR rel IN SELECT c.oid::regclass AS name FROM pg_class c
+    FOR rel IN SELECT format('iot.%I', c.relname) AS name FROM pg_class c
                WHERE c.relnamespace = 'iot'::regnamespace AND c.relkind = 'v' LOOP
         EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', rel.name);
     END LOOP;
