@@ -1,0 +1,95 @@
+"""BatchWriter on a real PostgreSQL: row isolation, jsonb fallback, fencing of a re-written batch."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from iot_platform.consumer.records import DeadLetterRow, MessageRow
+from iot_platform.consumer.writer import Batch, BatchWriter
+from iot_platform.settings import Settings
+from iot_platform.storage.db import connect
+from iot_platform.storage.migrate import apply_migrations
+
+pytestmark = pytest.mark.integration
+NOW_MS = int(time.time() * 1000)
+
+
+def row(offset: int, *, tenant: str = "acme", json_text: str | None = None, message_id: str | None = None, received_at_ms: int = NOW_MS) -> MessageRow:
+    payload = (json_text or f"raw-{offset}").encode()
+    return MessageRow(tenant, "p1", "a/b", payload, json_text, message_id, None, None, received_at_ms, 0, offset)
+
+
+def rows_by_offset(settings: Settings) -> dict[int, tuple]:
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT kafka_offset, payload, payload_json IS NULL FROM iot.messages")
+            return {o: (bytes(p), j) for o, p, j in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def scalar(settings: Settings, statement: str) -> object:
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_bad_rows_are_isolated_and_the_batch_is_stored(settings: Settings) -> None:
+    """In a 200-row batch, a row PostgreSQL refuses (NUL in text) is dead-lettered alone; a row whose
+    JSON only jsonb refuses (numeric overflow) is stored with payload_json NULL; the other rows and the
+    next offset commit together."""
+    apply_migrations(settings)
+    rows = [row(i, json_text='{"v": %d}' % i) for i in range(200)]
+    rows[17] = row(17, tenant="bad\x00tenant")
+    rows[150] = row(150, json_text='{"v": 1e999999999}')
+    writer = BatchWriter(settings)
+    try:
+        result = writer.write(Batch(rows, [], {(settings.kafka_topic, 0): 200}))
+    finally:
+        writer.close()
+    assert (result.inserted, result.json_dropped, result.dead_letters) == (199, 1, {"consumer": 1})
+    stored = rows_by_offset(settings)
+    assert sorted(stored) == [o for o in range(200) if o != 17]
+    assert stored[150] == (b'{"v": 1e999999999}', True) and stored[0] == (b'{"v": 0}', False)
+    assert scalar(settings, "SELECT reason FROM iot.dead_letters WHERE kafka_offset = 17").startswith("rejected by PostgreSQL")
+    assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 200
+
+
+def test_rewritten_batch_adds_nothing(settings: Settings) -> None:
+    """A batch written again (lost commit acknowledgement, zombie consumer) is skipped as a replay:
+    rows, dead letters, message ids and the offset are unchanged."""
+    apply_migrations(settings)
+    batch = Batch([row(0, json_text='{"msg_id": "a"}', message_id="a"), row(1)],
+                  [DeadLetterRow("r\x00eason", "bridge", "x", None, b"\x00", NOW_MS, settings.kafka_dlq_topic, 0, 0)],
+                  {(settings.kafka_topic, 0): 2, (settings.kafka_dlq_topic, 0): 1})
+    writer = BatchWriter(settings)
+    try:
+        first = writer.write(batch)
+        second = writer.write(batch)
+    finally:
+        writer.close()
+    assert (first.inserted, first.dead_letters) == (2, {"bridge": 1})
+    assert (second.inserted, second.replays_skipped, second.dead_letters) == (0, 3, {})
+    assert scalar(settings, "SELECT count(*) FROM iot.messages") == 2
+    assert scalar(settings, "SELECT count(*) FROM iot.duplicate_messages") == 0
+    assert scalar(settings, "SELECT reason FROM iot.dead_letters") == "r\ufffdeason"
+
+
+def test_old_days_get_partitions_on_demand(settings: Settings) -> None:
+    """Rows received days ago (a replay) and in the future land in day partitions created on demand."""
+    apply_migrations(settings, partitions_ahead_days=0)
+    day_ms = 86_400_000
+    rows = [row(0, received_at_ms=NOW_MS - 40 * day_ms), row(1, received_at_ms=NOW_MS + 9 * day_ms), row(2)]
+    writer = BatchWriter(settings)
+    try:
+        assert writer.write(Batch(rows, [], {(settings.kafka_topic, 0): 3})).inserted == 3
+    finally:
+        writer.close()
+    assert scalar(settings, "SELECT count(DISTINCT tableoid) FROM iot.messages") == 3
