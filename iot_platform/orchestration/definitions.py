@@ -1,7 +1,7 @@
 """The Dagster code location of the platform (served through workspace.yaml).
 
-Lineage: mqtt_telemetry -> kafka_iot_messages -> iot_messages -> iot_rollup_hourly -> grafana
-dashboards; the bridge and consumer run as never-ending service jobs kept alive by service_watchdog.
+Lineage: mqtt_telemetry -> kafka_iot_messages -> iot_messages -> iot_rollup_hourly -> tenant_roles
+-> grafana_dashboards; the bridge and consumer run as never-ending service jobs kept alive by service_watchdog.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from iot_platform.orchestration.assets.rollups import iot_rollup_hourly
+from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 from iot_platform.orchestration.assets.sources import SOURCE_SPECS
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import ALL_CHECKS
@@ -19,7 +20,7 @@ from iot_platform.orchestration.services import SERVICE_JOBS, pipes_client
 from iot_platform.orchestration.watchdog import service_watchdog
 
 defs = dg.Definitions(
-    assets=[*SOURCE_SPECS, iot_schema, iot_retention, iot_rollup_hourly],
+    assets=[*SOURCE_SPECS, iot_schema, iot_retention, iot_rollup_hourly, tenant_roles, grafana_dashboards],
     asset_checks=ALL_CHECKS,
     jobs=[*SERVICE_JOBS.values(), *JOBS],
     schedules=SCHEDULES,

@@ -6,6 +6,7 @@ import dagster as dg
 
 from iot_platform.core.rollup import hour_of
 from iot_platform.orchestration.assets.rollups import PARTITION_FORMAT, iot_rollup_hourly
+from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import RERUN_HOURS, SCHEDULED_CHECKS
 
@@ -22,6 +23,12 @@ storage_maintenance_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(iot_schema, iot_retention),
     tags={BATCH_TAG: "maintenance"},
     description="Pending migrations, day partitions ahead, then retention.",
+)
+serving_job = dg.define_asset_job(
+    "serving_refresh",
+    selection=dg.AssetSelection.assets(tenant_roles, grafana_dashboards),
+    tags={BATCH_TAG: "serving"},
+    description="Tenant roles for tenants seen in the data, then the Grafana dashboards.",
 )
 checks_job = dg.define_asset_job(
     "iot_checks",
@@ -58,6 +65,14 @@ storage_maintenance_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Hourly at :15: migrations, partitions ahead, retention.",
 )
+serving_schedule = dg.ScheduleDefinition(
+    name="serving_refresh_schedule",
+    job=serving_job,
+    cron_schedule="25 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Hourly at :25, after the rollups: tenant roles, then dashboards.",
+)
 checks_schedule = dg.ScheduleDefinition(
     name="iot_checks_schedule",
     job=checks_job,
@@ -67,5 +82,5 @@ checks_schedule = dg.ScheduleDefinition(
     description="Every 15 minutes: the data-quality checks.",
 )
 
-JOBS = [rollup_job, storage_maintenance_job, checks_job]
-SCHEDULES = [rollup_hourly_schedule, storage_maintenance_schedule, checks_schedule]
+JOBS = [rollup_job, storage_maintenance_job, serving_job, checks_job]
+SCHEDULES = [rollup_hourly_schedule, storage_maintenance_schedule, serving_schedule, checks_schedule]

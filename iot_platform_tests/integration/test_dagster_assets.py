@@ -282,3 +282,24 @@ def test_observer_reports_unreachable_kafka_as_evidence(schema: Settings) -> Non
     kafka, raw = result.asset_events
     assert "kafka" in kafka.metadata["errors"].value
     assert raw.metadata["consumed_offsets_total"].value == 0
+
+
+def test_serving_assets_create_tenant_roles_and_dashboard_files(schema: Settings) -> None:
+    """tenant_roles maps each tenant seen in the data to a role; grafana_dashboards writes the provisioning tree."""
+    from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
+
+    settings = schema
+    conn = connect(settings)
+    with conn, conn.cursor() as cur:
+        insert_message(cur, datetime.now(UTC), partition=0, offset=0, tenant="acme", payload={"t": 1})
+    conn.close()
+    result = materialize(settings, [tenant_roles, grafana_dashboards])
+    assert result.success
+    assert result.asset_materializations_for_node("tenant_roles")[0].metadata["tenants"].value == 1
+    files = result.asset_materializations_for_node("grafana_dashboards")[0].metadata["files"].value
+    assert files and all((settings.home / "grafana" / "provisioning" / f).is_file() for f in files)
+    conn = connect(settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT tenant_id FROM iot.tenant_roles")
+        assert [r[0] for r in cur.fetchall()] == ["acme"]
+    conn.close()

@@ -207,7 +207,7 @@ def test_platform_settings_round_trip_and_child_env(tmp_path) -> None:  # noqa: 
 
 
 def test_definitions_expose_the_public_names_and_lineage() -> None:
-    """Public Dagster names exist, and lineage runs MQTT -> Kafka -> raw -> rollups."""
+    """Public Dagster names exist, and lineage runs MQTT -> Kafka -> raw -> rollups -> dashboards."""
     repo = defs.get_repository_def()
     assert {"mqtt_kafka_bridge_service", "kafka_postgres_consumer_service", "iot_rollup_hourly_job", "iot_checks"} <= set(repo.job_names)
     assert repo.get_sensor_def("service_watchdog").default_status == dg.DefaultSensorStatus.RUNNING
@@ -216,5 +216,6 @@ def test_definitions_expose_the_public_names_and_lineage() -> None:
     assert parents("kafka_iot_messages") == {"mqtt_telemetry"}
     assert "kafka_iot_messages" in parents("iot_messages")
     assert parents("iot_rollup_hourly") == {"iot_messages"}
+    assert "iot_rollup_hourly" in parents("grafana_dashboards")
     for job in ("mqtt_kafka_bridge_service", "kafka_postgres_consumer_service"):
         assert repo.get_job(job).executor_def is dg.in_process_executor

@@ -1,0 +1,38 @@
+"""What readers get: per-tenant database roles and the Grafana dashboards over the rollups."""
+
+import dagster as dg
+
+from iot_platform.dashboards.provision import build_dashboards, push_to_grafana
+from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.storage.tenants import sync_tenants
+
+SERVING_GROUP = "serving"
+
+
+@dg.asset(group_name=SERVING_GROUP, deps=["iot_schema", "iot_messages", "iot_rollup_hourly"], kinds={"postgres"})
+def tenant_roles(platform: PlatformSettings) -> dg.MaterializeResult:
+    """One read-only login role per tenant seen in the data (row-level security), idempotent."""
+    result = sync_tenants(platform.get())
+    return dg.MaterializeResult(
+        metadata={
+            "tenants": len(result.tenants),
+            "roles_created": dg.MetadataValue.json(list(result.roles_created)),
+            "passwords_set": result.passwords_set,
+            "privileges_revoked": dg.MetadataValue.json(list(result.privileges_revoked)),
+            "grafana_orgs": dg.MetadataValue.json(list(result.grafana_orgs)),
+        }
+    )
+
+
+@dg.asset(group_name=SERVING_GROUP, deps=["iot_rollup_hourly", tenant_roles], kinds={"grafana"})
+def grafana_dashboards(platform: PlatformSettings) -> dg.MaterializeResult:
+    """Grafana provisioning files under IOT_HOME/grafana, pushed to Grafana when IOT_GRAFANA_URL is set."""
+    settings = platform.get()
+    out_dir = settings.home / "grafana" / "provisioning"
+    files = build_dashboards(settings, out_dir)
+    metadata: dict = {"out_dir": str(out_dir), "files": dg.MetadataValue.json([str(p.relative_to(out_dir)) for p in files])}
+    if settings.grafana_url:
+        pushed = push_to_grafana(settings)
+        metadata |= {"grafana_url": settings.grafana_url, "dashboards_pushed": dg.MetadataValue.json(list(pushed.dashboards)),
+                     "datasource_pushed": pushed.datasource_pushed}
+    return dg.MaterializeResult(metadata=metadata)
