@@ -4,7 +4,8 @@ Guarantee: every tick (about every 15 s) each service that has no active run (qu
 started, canceling) gets a run request, so a service that crashed, was killed or was terminated is
 back within a minute while the sensor is on. A STARTED run whose worker process is gone on this
 host (SIGKILL, `dev down`, a reboot) is marked failed first: such a run would otherwise look
-active forever. A service that keeps failing right after start is relaunched with exponential
+active forever. Conversely a run marked finished while its worker still lives (UI "force
+termination") is waited for, so two copies of a service never run side by side. A service that keeps failing right after start is relaunched with exponential
 backoff (10 s doubling to 5 min) instead of flooding the run history.
 
 To stop a service: turn this sensor off, then terminate the service's run.
@@ -23,6 +24,7 @@ from iot_platform.orchestration.services import SERVICE_JOBS, SERVICES, SERVICE_
 ACTIVE = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "SUSPENDED"})
 QUICK_FAILURE_S = 20.0  # a run that failed sooner than this counts towards the crash-loop backoff
 HISTORY = 10
+LINGER_WINDOW_S = 600.0  # a finished run's worker still alive this soon after: wait for it (pid reuse is unlikely)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,13 @@ def decide(runs: Sequence[RunView], now: float, host: str, pid_alive: Callable[[
     if alive:
         return Decision(False, f"run {alive[0].run_id} is {alive[0].status}", dead)
     finished = [r for r in runs if r.run_id not in dead]
+    lingering = [
+        r for r in finished[:1]
+        if r.worker_host == host and r.worker_pid is not None and r.end_time is not None
+        and now - r.end_time < LINGER_WINDOW_S and pid_alive(r.worker_pid)
+    ]
+    if lingering:  # e.g. "force termination" marked it canceled while its service still runs
+        return Decision(False, f"run {lingering[0].run_id} ended but its worker (pid {lingering[0].worker_pid}) is alive", dead)
     quick = 0
     for run in finished:
         lasted = (run.end_time or 0.0) - (run.start_time or run.end_time or 0.0)

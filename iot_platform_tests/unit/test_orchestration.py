@@ -72,6 +72,14 @@ def test_runs_whose_worker_cannot_be_judged_count_as_active(run: RunView) -> Non
     assert not decision.launch and decision.dead_runs == ()
 
 
+def test_a_finished_run_whose_worker_lives_on_blocks_a_second_copy() -> None:
+    """Force-terminated (CANCELED) but its worker is alive: wait rather than run two bridges side by side."""
+    run = RunView("r1", "CANCELED", NOW - 600, NOW - 5, worker_pid=10, worker_host=HOST)
+    assert not decide([run], NOW, HOST, alive_only(10)).launch
+    assert decide([run], NOW, HOST, alive_only()).launch  # worker gone: relaunch
+    assert decide([run], NOW + 3600, HOST, alive_only(10)).launch  # long ago: that pid is someone else now
+
+
 @pytest.mark.parametrize(("failures", "expected"), [(0, 0.0), (1, 10.0), (2, 20.0), (3, 40.0), (5, 160.0), (6, 300.0), (20, 300.0)])
 def test_backoff_doubles_up_to_five_minutes(failures: int, expected: float) -> None:
     """Crash loops back off 10 s, 20 s, 40 s ... capped at 300 s."""
