@@ -35,6 +35,9 @@ from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# librdkafka's informational lines (one per timed-out request...) would flood a supervisor's event log.
+_LIBRDKAFKA_LOG = logging.getLogger("iot_platform.bridge.librdkafka")
+_LIBRDKAFKA_LOG.setLevel(logging.WARNING)
 _REROUTABLE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD}
 
 
@@ -51,7 +54,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "message.max.bytes": settings.kafka_max_message_bytes,
         "socket.connection.setup.timeout.ms": 10_000,
         "reconnect.backoff.max.ms": int(settings.bridge_reconnect_max_backoff_s * 1000),
-        "logger": logging.getLogger("iot_platform.bridge.librdkafka"),
+        "logger": _LIBRDKAFKA_LOG,
     }
 
 
@@ -68,12 +71,13 @@ class ReliableProducer:
         rules: RecordRules,
         on_delivered: Callable[[InFlight], None],
         is_stale: Callable[[InFlight], bool],
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self._rules = rules
         self._on_delivered = on_delivered
         self._is_stale = is_stale
         self._cap_s = settings.bridge_reconnect_max_backoff_s
-        self._producer = Producer({**producer_config(settings), "error_cb": self._on_error})
+        self._producer = Producer({**producer_config(settings), **(extra_config or {}), "error_cb": self._on_error})
         self._lock = threading.Lock()  # guards the backlog and produce order
         self._backlog: deque[InFlight] = deque()
         self._refused: deque[tuple[InFlight, KafkaError]] = deque()  # produce() raised; owning thread retries
@@ -119,7 +123,7 @@ class ReliableProducer:
 
     @property
     def waiting(self) -> int:
-        return len(self._backlog) + len(self._retries)
+        return len(self._backlog) + len(self._retries) + len(self._refused)
 
     def _produce(self, item: InFlight) -> bool:
         """False when librdkafka's queue is full (the caller keeps the item); refusals are retried later."""

@@ -95,7 +95,10 @@ class Bridge:
             quiet_since = max(self.stats.last_received_monotonic, self._gate.connected_since)
             if self._gate.connected and now - quiet_since > self._settings.stall_timeout_s and stall_reported_for != quiet_since:
                 stall_reported_for = quiet_since
-                log.warning("stall: connected but nothing received", extra={"quiet_s": round(now - quiet_since, 1)})
+                log.warning(
+                    "stall: connected but nothing received",
+                    extra={"quiet_s": round(now - quiet_since, 1), "in_flight": self.in_flight},
+                )
             if now >= next_heartbeat:
                 rate = (self.stats.received - last[1]) / max(now - last[0], 1e-9)
                 last = (now, self.stats.received)
@@ -108,6 +111,8 @@ class Bridge:
         undelivered = self._producer.flush(self._settings.bridge_shutdown_timeout_s * 0.8)
         while self._client.want_write() and self._gate.connected and time.monotonic() < deadline:
             time.sleep(0.01)  # let paho's thread write the last PUBACKs before DISCONNECT
+        # paho logs an error for every loop turn after a disconnect it was asked for: not news here.
+        logging.getLogger("iot_platform.bridge.paho").setLevel(logging.CRITICAL)
         self._client.disconnect()  # keeps the session: MQTT 5 expiry / 3.1.1 clean_session=False
         self._client.loop_stop()
         self._producer.close()

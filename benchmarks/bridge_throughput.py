@@ -1,0 +1,199 @@
+"""Sustained throughput and delivery latency of one `iot-platform bridge` process.
+
+Starts its own Mosquitto and Kafka (stack launchers, in a temporary directory, stopped at the end)
+unless --mqtt-url/--kafka-bootstrap are given, then measures two things:
+
+1. drain: N messages wait in the bridge's persistent session (published while it was stopped);
+   the bridge is started and we time how fast they reach Kafka (sum of high watermarks) -- the
+   bridge's sustained msg/s, without a publisher competing for the CPU;
+2. live: a publisher sends at a fixed rate while the bridge runs; delivery latency (MQTT receipt
+   to Kafka confirmation) p50/p99 comes from the bridge's own histogram (/metrics), the end-to-end
+   rate from Kafka.
+
+Usage: .venv/bin/python benchmarks/bridge_throughput.py [--messages 200000] [--live-rate 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from confluent_kafka import Consumer, TopicPartition
+
+from iot_platform.bridge.metrics import LATENCY_BUCKETS_S, LatencyHistogram
+from iot_platform.settings import Settings
+from iot_platform.stack.kafka import KafkaServer, ensure_topics
+from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.ports import free_port
+
+
+def kafka_total(consumer: Consumer, topic: str) -> int:
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+
+
+def start_bridge(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
+    log_path = workdir / f"bridge-{time.monotonic_ns()}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")} | settings.as_env()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "bridge"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if '"mqtt subscribed"' in log_path.read_text():
+            return process
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"bridge did not subscribe:\n{log_path.read_text()[-2000:]}")
+
+
+def stop_bridge(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def publisher(settings: Settings) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(1000)
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
+    client.loop_start()
+    return client
+
+
+def payloads(settings: Settings, count: int) -> list[tuple[str, bytes]]:
+    prefix = settings.mqtt_topic_grammar.split("{tenant_id}")[0]
+    out = []
+    for seq in range(count):
+        topic = f"{prefix}tenant{seq % 20}/project{seq % 3}/device{seq % 500}"
+        body = {"msg_id": f"{seq:012d}", "ts": 1764000000000 + seq, "temperature": 21.5, "humidity": 40.2, "battery": 3.71}
+        out.append((topic, json.dumps(body).encode()))
+    return out
+
+
+def publish_all(client: mqtt.Client, messages: list[tuple[str, bytes]], rate_per_s: float | None) -> None:
+    infos: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
+    start = time.monotonic()
+    for index, (topic, payload) in enumerate(messages):
+        if rate_per_s and index % 100 == 0:
+            ahead = index / rate_per_s - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        while len(infos) >= 20_000:  # paho refuses beyond 65,535 unacknowledged messages
+            infos.popleft().wait_for_publish(60)
+        infos.append(client.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+
+
+def scrape_latency(port: int) -> LatencyHistogram:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    cumulative = [
+        float(m.group(2))
+        for m in re.finditer(r'iot_bridge_delivery_latency_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', text)
+    ]
+    counts = [int(c - p) for c, p in zip(cumulative, [0.0, *cumulative[:-1]])]
+    return LatencyHistogram(counts=counts)
+
+
+def measure_rate(consumer: Consumer, topic: str, target: int, timeout_s: float) -> tuple[float, float]:
+    """(sustained msg/s over the middle 10-90 % of the run, seconds to reach target)."""
+    samples = []
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        total = kafka_total(consumer, topic)
+        samples.append((time.monotonic(), total))
+        if total >= target:
+            break
+        time.sleep(0.25)
+    lo = next((s for s in samples if s[1] >= 0.1 * target), samples[0])
+    hi = next((s for s in samples if s[1] >= 0.9 * target), samples[-1])
+    rate = (hi[1] - lo[1]) / max(hi[0] - lo[0], 1e-9)
+    return rate, samples[-1][0] - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000, help="messages queued for the drain phase")
+    parser.add_argument("--live-messages", type=int, default=100_000)
+    parser.add_argument("--live-rate", type=float, default=10_000, help="publish rate of the live phase (msg/s)")
+    parser.add_argument("--mqtt-url")
+    parser.add_argument("--kafka-bootstrap")
+    args = parser.parse_args()
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="iot-bench-bridge-") as tmp:
+        work = Path(tmp)
+        mqtt_url, bootstrap = args.mqtt_url, args.kafka_bootstrap
+        if not mqtt_url:
+            mosquitto = MosquittoServer(work / "mosquitto", free_port()).start()
+            stack.callback(mosquitto.kill)
+            mqtt_url = mosquitto.url
+        if not bootstrap:
+            kafka = KafkaServer(work / "kafka", free_port(), free_port()).start()
+            stack.callback(kafka.kill)
+            bootstrap = kafka.bootstrap
+        tag = uuid.uuid4().hex[:8]
+        metrics_port = free_port()
+        settings = Settings(
+            home=work / "home",
+            mqtt_url=mqtt_url,
+            kafka_bootstrap=bootstrap,
+            kafka_topic=f"bench-messages-{tag}",
+            kafka_dlq_topic=f"bench-dlq-{tag}",
+            mqtt_client_id=f"bench-bridge-{tag}",
+            mqtt_topic_filter=f"b{tag}/mtic/msg/client/realtime/#",
+            mqtt_topic_grammar=f"b{tag}/mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}[/...]",
+            bridge_metrics_port=metrics_port,
+            heartbeat_interval_s=5.0,
+        )
+        ensure_topics(settings)
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{tag}"})
+        stack.callback(consumer.close)
+        
+        # Phase 1 (drain): the session exists, the bridge is stopped, the broker queues N messages.
+        stop_bridge(start_bridge(settings, work))
+        pub = publisher(settings)
+        stack.callback(pub.loop_stop)
+        t0 = time.monotonic()
+        publish_all(pub, payloads(settings, args.messages), None)
+        print(f"queued {args.messages} messages in the bridge's session in {time.monotonic() - t0:.1f}s")
+        bridge = start_bridge(settings, work)
+        stack.callback(lambda: bridge.poll() is None and bridge.kill())
+        drain_rate, took = measure_rate(consumer, settings.kafka_topic, args.messages, 120)
+        drain_latency = scrape_latency(metrics_port)
+        print(f"drain: {args.messages} messages in {took:.1f}s, sustained {drain_rate:,.0f} msg/s "
+              f"(latency under saturation p50 {drain_latency.quantile(0.5) * 1000:.1f} ms, "
+              f"p99 {drain_latency.quantile(0.99) * 1000:.1f} ms)")
+        stop_bridge(bridge)
+
+        # Phase 2 (live): publish at a fixed rate while the bridge runs.
+        bridge = start_bridge(settings, work)
+        base = kafka_total(consumer, settings.kafka_topic)
+        before = scrape_latency(metrics_port)
+        t0 = time.monotonic()
+        publish_all(pub, payloads(settings, args.live_messages), args.live_rate)
+        live_rate, _ = measure_rate(consumer, settings.kafka_topic, base + args.live_messages, 60)
+        elapsed = time.monotonic() - t0
+        live = scrape_latency(metrics_port)
+        live.counts = [a - b for a, b in zip(live.counts, before.counts)]
+        print(f"live: {args.live_messages} messages offered at {args.live_rate:,.0f} msg/s, all in Kafka after "
+              f"{elapsed:.1f}s; delivery latency p50 {live.quantile(0.5) * 1000:.1f} ms, "
+              f"p99 {live.quantile(0.99) * 1000:.1f} ms")
+        stop_bridge(bridge)
+        assert len(LATENCY_BUCKETS_S) + 1 == len(live.counts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
