@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from iot_platform.core.envelope import EnvelopeError, decode_dead_letter, decode_envelope
+from iot_platform.core.envelope import H_RECEIVED_AT_MS, Envelope, EnvelopeError, decode_dead_letter, decode_envelope
 from iot_platform.core.payload import inspect_payload
 
 SOURCE_BRIDGE = "bridge"
@@ -71,13 +71,45 @@ class DeadLetterRow:
     truncated: bool = False
 
 
-def classify(record: KafkaRecord, *, messages_topic: str, message_id_field: str) -> MessageRow | DeadLetterRow:
+class EnvelopeCache:
+    """decode_envelope with memory: records of one device differ only in their receive time.
+
+    The cache key is every header but ``received_at_ms``; on a hit only that header is parsed, with
+    the same rules as decode_envelope (UTF-8, no NUL, an integer), so the result is always what
+    decode_envelope would return.
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._entries: dict[tuple[tuple[str, bytes | None], ...], Envelope] = {}
+        self._max_entries = max_entries
+
+    def decode(self, headers: Sequence[tuple[str, bytes | None]] | None) -> Envelope:
+        if not headers:
+            return decode_envelope(headers)
+        key = tuple(h for h in headers if h[0] != H_RECEIVED_AT_MS)
+        cached = self._entries.get(key)
+        if cached is None or len(key) != len(headers) - 1:
+            envelope = decode_envelope(headers)
+            if len(key) == len(headers) - 1:  # exactly one receive-time header: cacheable
+                if len(self._entries) >= self._max_entries:
+                    self._entries.clear()
+                self._entries[key] = envelope
+            return envelope
+        raw = next(v for k, v in headers if k == H_RECEIVED_AT_MS)
+        if raw is not None and raw.isdigit():  # ASCII digits: exactly what decode_envelope accepts
+            return Envelope(cached.mqtt_topic, cached.tenant_id, cached.project_id, cached.qos, cached.retain, int(raw), cached.bridge_id)
+        return decode_envelope(headers)  # anything unusual: the full decoder, and its error
+
+
+def classify(
+    record: KafkaRecord, *, messages_topic: str, message_id_field: str, envelopes: EnvelopeCache | None = None
+) -> MessageRow | DeadLetterRow:
     """The row a record becomes; records of any topic other than ``messages_topic`` are dead letters."""
     payload = record.value if record.value is not None else b""
     if record.topic != messages_topic:
         return _bridge_dead_letter(record, payload)
     try:
-        envelope = decode_envelope(record.headers)
+        envelope = envelopes.decode(record.headers) if envelopes is not None else decode_envelope(record.headers)
     except EnvelopeError as exc:
         return _consumer_dead_letter(record, payload, f"undecodable headers: {exc}")
     if not MIN_RECEIVED_AT_MS <= envelope.received_at_ms <= MAX_RECEIVED_AT_MS:

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.positions import Positions
-from iot_platform.consumer.records import DeadLetterRow, KafkaRecord, MessageRow, classify
+from iot_platform.consumer.records import DeadLetterRow, EnvelopeCache, KafkaRecord, MessageRow, classify
 from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition
 from iot_platform.settings import Settings
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
@@ -58,6 +58,7 @@ class ConsumerService:
         self.metrics = metrics or ConsumerMetrics()
         self.writer = BatchWriter(settings)
         self.positions = Positions()
+        self._envelopes = EnvelopeCache()
         self._stopping = threading.Event()
         self._pending: list[MessageRow | DeadLetterRow] = []
         self._consumer: Consumer | None = None
@@ -117,6 +118,7 @@ class ConsumerService:
         size = self.settings.consumer_batch_size
         deadline = time.monotonic() + self.settings.consumer_batch_max_wait_ms / 1000
         consumed: Counter[str] = Counter()
+        topic, id_field = self.settings.kafka_topic, self.settings.message_id_field
         while len(self._pending) < size and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -130,9 +132,7 @@ class ConsumerService:
                 if not self.positions.accept(key, message.offset()):
                     continue
                 consumed[key[0]] += 1
-                self._pending.append(
-                    classify(_record(message), messages_topic=self.settings.kafka_topic, message_id_field=self.settings.message_id_field)
-                )
+                self._pending.append(classify(_record(message), messages_topic=topic, message_id_field=id_field, envelopes=self._envelopes))
         self.metrics.record_consumed(consumed)
 
     def _kafka_error(self, error: KafkaError) -> None:

@@ -123,3 +123,35 @@ def test_positions_drop_stale_and_count_gaps() -> None:
     assert positions.accept(("t", 1), 500) and positions.next_offset(("t", 1)) == 501
     positions.revoke(("t", 0))
     assert not positions.accept(("t", 0), 16) and positions.assigned() == [("t", 1)]
+
+
+@pytest.mark.parametrize("received", [b"1700000000999", b"0", b"-5", b" 12", b"1_000", b"x", b"\xff", b"1\x00", None])
+def test_envelope_cache_agrees_with_decode_envelope(received: bytes | None) -> None:
+    """The cached decoder returns exactly what decode_envelope returns, or raises the same error,
+    whatever the receive-time header holds (the cache is warmed by a good record first)."""
+    from iot_platform.core.envelope import EnvelopeError, decode_envelope
+    from iot_platform.consumer.records import EnvelopeCache
+
+    cache = EnvelopeCache()
+    cache.decode(encode_envelope(ENVELOPE))
+    headers = [(k, received if k == "received_at_ms" else v) for k, v in encode_envelope(ENVELOPE)]
+    try:
+        expected: object = decode_envelope(headers)
+    except EnvelopeError as exc:
+        expected = str(exc)
+    try:
+        got: object = cache.decode(headers)
+    except EnvelopeError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_envelope_cache_duplicate_headers_are_not_cached_wrongly() -> None:
+    """Two receive-time headers (the last wins in decode_envelope) bypass the cache."""
+    from iot_platform.core.envelope import decode_envelope
+    from iot_platform.consumer.records import EnvelopeCache
+
+    cache = EnvelopeCache()
+    headers = encode_envelope(ENVELOPE) + [("received_at_ms", b"5")]
+    assert cache.decode(headers) == decode_envelope(headers) == cache.decode(headers)
+    assert cache.decode(headers).received_at_ms == 5

@@ -1,0 +1,138 @@
+"""Sustained rows/s of one `iot-platform consumer` process, Kafka -> PostgreSQL.
+
+Starts its own Kafka and PostgreSQL (stack launchers, in a temporary directory, stopped at the end),
+applies the migrations, produces N records with the bridge's envelope headers and simulator-like
+JSON payloads (each with a unique msg_id, so the dedupe path is exercised), then starts the
+consumer and times how fast iot.ingest_offsets reaches the end of every partition. The rate is
+measured from the first stored row to the last, so process start and group join are excluded.
+
+Usage: .venv/bin/python benchmarks/consumer_throughput.py [--records 300000] [--batch-size 10000] [--no-msg-id]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from iot_platform.core.envelope import Envelope, encode_envelope
+from iot_platform.settings import Settings
+from iot_platform.stack.databases import ensure_platform_role_and_databases
+from iot_platform.stack.kafka import KafkaServer, ensure_topics
+from iot_platform.stack.ports import free_port
+from iot_platform.stack.postgres import PostgresServer
+from iot_platform.storage.db import connect
+from iot_platform.storage.migrate import apply_migrations
+
+
+def produce(settings: Settings, records: int, with_msg_id: bool) -> dict[int, int]:
+    """Produce ``records`` records; returns the end offset of every partition."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 20,
+                         "compression.type": settings.kafka_compression, "queue.buffering.max.messages": 500_000})
+    ends: dict[int, int] = {}
+
+    def report(err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err is None:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    rng = random.Random(1)
+    now_ms = int(time.time() * 1000)
+    headers = {t: encode_envelope(Envelope(f"mtic/msg/client/realtime/{t}/p1/dev", t, "p1", 1, False, now_ms, "bench")) for t in
+               (f"tenant{i}" for i in range(12))}
+    for i in range(records):
+        tenant = f"tenant{i % 12}"
+        body = {"device_id": f"d{i % 500}", "seq": i, "ts": now_ms + i, "temperature": round(rng.uniform(-10, 40), 2),
+                "humidity": round(rng.uniform(0, 100), 2), "battery": round(rng.random(), 3), "rssi": -rng.randint(40, 110)}
+        if with_msg_id:
+            body = {"msg_id": f"bench:{tenant}:{i}", **body}
+        while True:
+            try:
+                producer.produce(settings.kafka_topic, value=json.dumps(body, separators=(",", ":")).encode(), key=tenant,
+                                 headers=headers[tenant], on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(120) == 0
+    return ends
+
+
+def stored_positions(settings: Settings) -> tuple[dict[int, int], int]:
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT partition, next_offset FROM iot.ingest_offsets WHERE topic = %s", (settings.kafka_topic,))
+            positions = dict(cur.fetchall())
+        return positions, sum(positions.values())
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--no-msg-id", action="store_true", help="Payloads without msg_id (no dedupe table writes).")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="iot-bench-consumer-"))
+        stack.callback(shutil.rmtree, workdir, True)
+        postgres = PostgresServer(workdir / "postgres", free_port())
+        stack.callback(lambda: shutil.rmtree(postgres.data_dir.parent, ignore_errors=True))
+        stack.callback(postgres.stop, "immediate")
+        kafka = KafkaServer(workdir / "kafka", free_port(), free_port())
+        stack.callback(kafka.kill)
+        postgres.start()
+        kafka.start()
+        settings = Settings(home=workdir / "home", kafka_bootstrap=kafka.bootstrap, pg_host=postgres.host, pg_port=postgres.port,
+                            consumer_metrics_port=0, consumer_batch_size=args.batch_size, heartbeat_interval_s=5.0)
+        ensure_platform_role_and_databases(postgres.admin_dsn, settings, settings.pg_database)
+        apply_migrations(settings)
+        ensure_topics(settings)
+        started = time.monotonic()
+        ends = produce(settings, args.records, with_msg_id=not args.no_msg_id)
+        print(f"produced {args.records:,} records in {time.monotonic() - started:.1f} s")
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")} | settings.as_env()
+        log_path = workdir / "consumer.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "consumer"], env=env, stdout=log, stderr=log)
+        stack.callback(process.wait, 20)
+        stack.callback(process.terminate)
+        first_at = first_count = None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            positions, total = stored_positions(settings)
+            now = time.monotonic()
+            if total and first_at is None:
+                first_at, first_count = now, total
+            if all(positions.get(p, 0) >= end for p, end in ends.items()):
+                break
+            time.sleep(0.05)
+        else:
+            print(log_path.read_text()[-3000:])
+            raise SystemExit("consumer did not finish in 300 s")
+        elapsed = now - first_at
+        rows = total - first_count
+        conn = connect(settings)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM iot.messages")
+            stored, distinct = cur.fetchone()
+        conn.close()
+        print(f"stored {stored:,} rows ({distinct:,} distinct), batch size {args.batch_size}, msg_id={'no' if args.no_msg_id else 'yes'}")
+        print(f"sustained: {rows:,} rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s (first stored batch to last)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
