@@ -101,12 +101,15 @@ def start_publishers(settings: Settings, workdir: Path, *, processes: int, rate:
     return publishers
 
 
-def wait_publishers(publishers: list[tuple[subprocess.Popen[bytes], Path, str]], timeout_s: float) -> list[dict]:  # type: ignore[type-arg]
-    summaries = []
+def wait_publishers(publishers: list[tuple[subprocess.Popen[bytes], Path, str]]) -> tuple[list[dict], float]:  # type: ignore[type-arg]
+    """The publishers' summaries and the CPU seconds they used (from wait4's rusage: they have exited)."""
+    summaries, cpu_s = [], 0.0
     for process, summary, _ in publishers:
-        process.wait(timeout_s)
+        _, _, usage = os.wait4(process.pid, 0)
+        process.returncode = 0
+        cpu_s += usage.ru_utime + usage.ru_stime
         summaries.append(json.loads(summary.read_text()))
-    return summaries
+    return summaries, cpu_s
 
 
 def latency_percentiles(settings: Settings, run_ids: list[str]) -> dict[str, float]:
@@ -116,15 +119,22 @@ def latency_percentiles(settings: Settings, run_ids: list[str]) -> dict[str, flo
             cur.execute(
                 """
                 SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lat),
-                       max(lat), min(ingested_at), max(ingested_at), count(*)
-                FROM (SELECT extract(epoch FROM ingested_at - (payload_json->>'ts')::timestamptz) AS lat, ingested_at
-                      FROM iot.messages WHERE payload_json->>'run_id' = ANY(%s)) AS l
+                       max(lat), min(ingested_at), max(ingested_at), count(*),
+                       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY to_bridge),
+                       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY to_row)
+                FROM (SELECT extract(epoch FROM ingested_at - device_ts) AS lat, ingested_at,
+                             extract(epoch FROM received_at - device_ts) AS to_bridge,
+                             extract(epoch FROM ingested_at - received_at) AS to_row
+                      FROM (SELECT ingested_at, received_at, (payload_json->>'ts')::timestamptz AS device_ts
+                            FROM iot.messages WHERE payload_json->>'run_id' = ANY(%s)) AS m) AS l
                 """,
                 (run_ids,),
             )
-            (p50, p95, p99), worst, first, last, rows = cur.fetchone()
-            return {"p50_s": round(p50, 3), "p95_s": round(p95, 3), "p99_s": round(p99, 3), "max_s": round(worst, 3),
-                    "rows": rows, "ingest_span_s": round((last - first).total_seconds(), 3)}
+            (p50, p95, p99), worst, first, last, rows, to_bridge, to_row = cur.fetchone()
+            return {"p50_s": round(float(p50), 3), "p95_s": round(float(p95), 3), "p99_s": round(float(p99), 3),
+                    "max_s": round(float(worst), 3), "rows": rows, "ingest_span_s": round((last - first).total_seconds(), 3),
+                    "publish_to_bridge_p50_p99_s": [round(float(v), 3) for v in to_bridge],
+                    "bridge_to_row_p50_p99_s": [round(float(v), 3) for v in to_row]}
     finally:
         conn.close()
 
@@ -157,7 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         settings = stack.settings(workdir / "home")
         settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms})
         bridge, consumer = Service("bridge", settings, workdir), Service("consumer", settings, workdir)
-        bridge.start(), consumer.start()
+        bridge.start()
+        consumer.start()
         wait_pipeline_ready(settings, 90, (bridge, consumer))
         processes = args.publishers or (1 if (args.rate or 0) <= 5_000 and args.mode == "fixed" else 2)
         result: dict[str, object] = {"mode": args.mode, "publishers": processes}
@@ -166,11 +177,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             meter.start()
             publishers = start_publishers(settings, workdir, processes=processes, rate=args.rate,
                                           duration_s=args.duration, count=None, devices=args.devices)
-            meter.pids |= {f"publisher{i}": p.pid for i, (p, _, _) in enumerate(publishers)}
-            meter.before |= {f"publisher{i}": 0 for i in range(len(publishers))}
-            summaries = wait_publishers(publishers, args.duration + 120)
+            summaries, publishers_cpu_s = wait_publishers(publishers)
             wait_until_drained(settings, timeout_s=120, interval_s=0.2)
             meter.stop()
+            meter.seconds["publishers"] = publishers_cpu_s
             acked = sum(sum(s["acked"].values()) for s in summaries)
             latency = latency_percentiles(settings, [s["run_id"] for s in summaries])
             result |= {"target_rate": args.rate, "duration_s": args.duration, "acked": acked,
@@ -178,13 +188,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                        "stored_msg_s": round(latency["rows"] / max(latency["ingest_span_s"], 1e-9), 1),
                        "latency": latency}
         else:
-            bridge.stop(), consumer.stop()
+            bridge.stop()
+            consumer.stop()
             publishers = start_publishers(settings, workdir, processes=processes, rate=None, duration_s=None,
                                           count=args.count, devices=args.devices)
-            summaries = wait_publishers(publishers, 600)
+            summaries, _ = wait_publishers(publishers)
             run_ids = [s["run_id"] for s in summaries]
             acked = sum(sum(s["acked"].values()) for s in summaries)
-            bridge.start(), consumer.start()
+            bridge.start()
+            consumer.start()
             meter = CpuMeter(_pids(stack, bridge, consumer))
             meter.start()
             started = time.monotonic()
