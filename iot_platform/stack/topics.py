@@ -8,6 +8,7 @@ cannot lower it; a higher count is kept and logged).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -67,12 +68,33 @@ def ensure_topics(settings: Settings) -> list[str]:
                 if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: a concurrent creator won
                     raise
     for spec in specs:
+        # A topic created just now has the right configs; describing it before its metadata
+        # has propagated fails with UNKNOWN_TOPIC_OR_PART.
         if spec.name in existing:
             changes += _fix_partitions(admin, spec, len(existing[spec.name].partitions))
-        changes += _fix_configs(admin, spec)
+            changes += _fix_configs(admin, spec)
+    _wait_for_leaders(admin, specs)
     for change in changes:
         log.info("kafka topic change", extra={"change": change})
     return changes
+
+
+def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec]) -> None:
+    """Return once every partition of every topic has a leader: producers can use them right away."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        topics = admin.list_topics(timeout=TIMEOUT_S).topics
+        ready = all(
+            spec.name in topics
+            and len(topics[spec.name].partitions) >= spec.partitions
+            and all(p.leader >= 0 for p in topics[spec.name].partitions.values())
+            for spec in specs
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {[s.name for s in specs]} have no leaders after {TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
 
 
 def _fix_partitions(admin: AdminClient, spec: TopicSpec, current: int) -> list[str]:
