@@ -101,6 +101,20 @@ def start_publishers(settings: Settings, workdir: Path, *, processes: int, rate:
     return publishers
 
 
+def start_profilers(out_dir: Path | None, services: list[Service], duration_s: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy (the optional 'profile' extra) sampling each service; collapsed stacks in out_dir/NAME.txt."""
+    if out_dir is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return [
+        subprocess.Popen([str(py_spy), "record", "--pid", str(s.pid), "--duration", str(int(duration_s)), "--rate", "50",
+                          "--nonblocking", "--format", "raw", "--output", str(out_dir / f"{s.name}.txt")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for s in services
+    ]
+
+
 def wait_publishers(publishers: list[tuple[subprocess.Popen[bytes], Path, str]]) -> tuple[list[dict], float]:  # type: ignore[type-arg]
     """The publishers' summaries and the CPU seconds they used (from wait4's rusage: they have exited)."""
     summaries, cpu_s = [], 0.0
@@ -177,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             meter.start()
             publishers = start_publishers(settings, workdir, processes=processes, rate=args.rate,
                                           duration_s=args.duration, count=None, devices=args.devices)
+            profilers = start_profilers(args.profile, [bridge, consumer], args.duration)
             summaries, publishers_cpu_s = wait_publishers(publishers)
             wait_until_drained(settings, timeout_s=120, interval_s=0.2)
             meter.stop()
@@ -199,6 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             consumer.start()
             meter = CpuMeter(_pids(stack, bridge, consumer))
             meter.start()
+            profilers = start_profilers(args.profile, [bridge, consumer], 15)
             started = time.monotonic()
             bridge_done = None
             while stored_count(settings, run_ids) < acked and time.monotonic() - started < 600:
@@ -210,6 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             result |= {"backlog": acked, "drain_s": round(drain_s, 2), "stored_msg_s": round(acked / drain_s, 1),
                        "bridge_drain_s": round(bridge_done, 2) if bridge_done else None,
                        "bridge_msg_s": round(acked / bridge_done, 1) if bridge_done else None}
+        for profiler in profilers:
+            profiler.wait(60)
         result["cpu_percent"] = meter.as_percent()
         result["cpu_seconds"] = {k: round(v, 2) for k, v in meter.seconds.items()}
         result |= check_loss(settings, summaries)
@@ -243,6 +261,8 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=0, help="publisher processes (default: 1, or 2 above 5,000 msg/s)")
     parser.add_argument("--batch-wait-ms", type=int, default=500, help="the consumer's IOT_CONSUMER_BATCH_MAX_WAIT_MS")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="sample the bridge and consumer with py-spy (pip install -e '.[profile]') into DIR")
     args = parser.parse_args()
     result = run(args)
     print(json.dumps(result, indent=1))
