@@ -5,8 +5,12 @@ applies the migrations, produces N records with the bridge's envelope headers an
 JSON payloads (each with a unique msg_id, so the dedupe path is exercised), then starts the
 consumer and times how fast iot.ingest_offsets reaches the end of every partition. The rate is
 measured from the first stored row to the last, so process start and group join are excluded.
+Over the same window it reports the CPU seconds of the consumer, of PostgreSQL (postmaster and
+backends) and of Kafka, and the machine's load average: on a shared 2-core machine a low rate with
+little CPU used means the benchmark was starved, not slow. ``--profile out.json`` records the consumer
+with py-spy (``pip install py-spy``; speedscope format, idle samples included).
 
-Usage: .venv/bin/python benchmarks/consumer_throughput.py [--records 300000] [--batch-size 10000] [--no-msg-id]
+Usage: .venv/bin/python benchmarks/consumer_throughput.py [--records 300000] [--batch-size 10000] [--no-msg-id] [--profile out.json]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +72,29 @@ def produce(settings: Settings, records: int, with_msg_id: bool) -> dict[int, in
     return ends
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(root: int | None) -> float:
+    """CPU seconds of ``root`` and its live children (PostgreSQL's postmaster and its backends)."""
+    if not root:
+        return 0.0
+    total = _cpu_seconds(root)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
+                total += _cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def stored_positions(settings: Settings) -> tuple[dict[int, int], int]:
     conn = connect(settings)
     try:
@@ -83,6 +111,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--no-msg-id", action="store_true", help="Payloads without msg_id (no dedupe table writes).")
+    parser.add_argument("--profile", type=Path, help="Record the consumer with py-spy into this speedscope file.")
     args = parser.parse_args()
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="iot-bench-consumer-"))
@@ -109,6 +138,13 @@ def main() -> int:
             process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "consumer"], env=env, stdout=log, stderr=log)
         stack.callback(process.wait, 20)
         stack.callback(process.terminate)
+        if args.profile:
+            spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                    str(process.pid), "--idle", "--threads", "--rate", "50", "--format", "speedscope",
+                                    "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stack.callback(spy.wait, 30)
+            stack.callback(spy.send_signal, signal.SIGINT)
+        cpu_start: tuple[float, float, float] | None = None
         first_at = first_count = None
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -116,6 +152,7 @@ def main() -> int:
             now = time.monotonic()
             if total and first_at is None:
                 first_at, first_count = now, total
+                cpu_start = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid))
             if all(positions.get(p, 0) >= end for p, end in ends.items()):
                 break
             time.sleep(0.05)
@@ -124,6 +161,8 @@ def main() -> int:
             raise SystemExit("consumer did not finish in 300 s")
         elapsed = now - first_at
         rows = total - first_count
+        cpu_end = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid))
+        consumer_cpu, postgres_cpu, kafka_cpu = (end - start for end, start in zip(cpu_end, cpu_start or cpu_end))
         conn = connect(settings)
         with conn.cursor() as cur:
             cur.execute("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM iot.messages")
@@ -131,6 +170,8 @@ def main() -> int:
         conn.close()
         print(f"stored {stored:,} rows ({distinct:,} distinct), batch size {args.batch_size}, msg_id={'no' if args.no_msg_id else 'yes'}")
         print(f"sustained: {rows:,} rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s (first stored batch to last)")
+        print(f"cpu in that window: consumer {consumer_cpu:.2f} s, postgres {postgres_cpu:.2f} s, kafka {kafka_cpu:.2f} s; "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

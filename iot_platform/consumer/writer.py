@@ -72,6 +72,7 @@ class BatchWriter:
             conn = connect(self._settings)
             try:
                 with conn.cursor() as cur:
+                    cur.execute(sql.SESSION_SETUP)
                     cur.execute(sql.CREATE_STAGING)
                 conn.commit()
             except BaseException:
