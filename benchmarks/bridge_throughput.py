@@ -59,6 +59,16 @@ def start_bridge(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"bridge did not subscribe:\n{log_path.read_text()[-2000:]}")
 
 
+def max_in_flight(workdir: Path) -> int:
+    """Largest in-flight count any bridge heartbeat reported (bounded by the broker's window)."""
+    values = [0]
+    for path in workdir.glob("bridge-*.log"):
+        for line in path.read_text().splitlines():
+            if '"heartbeat"' in line:
+                values.append(int(json.loads(line)["in_flight"]))
+    return max(values)
+
+
 def stop_bridge(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -128,6 +138,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=200_000, help="messages queued for the drain phase")
     parser.add_argument("--live-messages", type=int, default=100_000)
     parser.add_argument("--live-rate", type=float, default=10_000, help="publish rate of the live phase (msg/s)")
+    parser.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5")
     parser.add_argument("--mqtt-url")
     parser.add_argument("--kafka-bootstrap")
     args = parser.parse_args()
@@ -155,7 +166,8 @@ def main() -> int:
             mqtt_topic_filter=f"b{tag}/mtic/msg/client/realtime/#",
             mqtt_topic_grammar=f"b{tag}/mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}[/...]",
             bridge_metrics_port=metrics_port,
-            heartbeat_interval_s=5.0,
+            heartbeat_interval_s=1.0,
+            mqtt_protocol=args.mqtt_protocol,
         )
         ensure_topics(settings)
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{tag}"})
@@ -167,6 +179,7 @@ def main() -> int:
         stack.callback(pub.loop_stop)
         t0 = time.monotonic()
         publish_all(pub, payloads(settings, args.messages), None)
+        print(f"MQTT {args.mqtt_protocol}, load average before: {os.getloadavg()[0]:.1f} (2 cores, shared)")
         print(f"queued {args.messages} messages in the bridge's session in {time.monotonic() - t0:.1f}s")
         bridge = start_bridge(settings, work)
         stack.callback(lambda: bridge.poll() is None and bridge.kill())
@@ -174,7 +187,7 @@ def main() -> int:
         drain_latency = scrape_latency(metrics_port)
         print(f"drain: {args.messages} messages in {took:.1f}s, sustained {drain_rate:,.0f} msg/s "
               f"(latency under saturation p50 {drain_latency.quantile(0.5) * 1000:.1f} ms, "
-              f"p99 {drain_latency.quantile(0.99) * 1000:.1f} ms)")
+              f"p99 {drain_latency.quantile(0.99) * 1000:.1f} ms, max in flight {max_in_flight(work)})")
         stop_bridge(bridge)
 
         # Phase 2 (live): publish at a fixed rate while the bridge runs.

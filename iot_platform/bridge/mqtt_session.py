@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5, MQTTv311
+from typing import Any
+
+from paho.mqtt.client import CallbackAPIVersion, Client, MQTTErrorCode, MQTTv5, MQTTv311
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -18,10 +20,66 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from iot_platform.settings import Settings
 
 
+# Most packets the bridge reads are ~200-byte PUBLISHes; one recv() takes many of them at once.
+_RECV_CHUNK = 256 * 1024
+_PACKETS_PER_READ = 1_000  # then let paho write the queued PUBACKs and check keepalive
+
+
+class _BufferedSocket:
+    """A TCP socket read in large chunks.
+
+    paho reads each packet with three or more recv() calls (1 byte of type, the length byte by
+    byte, then the body) and one select() per packet. Serving those reads from a buffer, and
+    telling paho through ``pending()`` (the hook it uses for TLS sockets) that bytes are buffered,
+    removes most system calls per message. Everything else is the real socket's.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._offset = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._offset >= len(self._data):
+            data = self._sock.recv(max(bufsize, _RECV_CHUNK))
+            if len(data) <= bufsize:
+                return data
+            self._data, self._offset = data, 0
+        end = min(self._offset + bufsize, len(self._data))
+        chunk = self._data[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._data) - self._offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class BridgeClient(Client):
+    """paho's Client with buffered reads (pinned paho-mqtt 2.2.0; test_bridge_mqtt_session checks the hooks)."""
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if self._ssl or self._transport != "tcp":
+            return sock
+        return _BufferedSocket(sock)
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        for _ in range(_PACKETS_PER_READ):
+            sock = self._sock
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not isinstance(sock, _BufferedSocket) or not sock.pending():
+                break
+            rc = super().loop_read(max_packets)
+        return rc
+
+
 def make_client(settings: Settings) -> Client:
     """A paho client for the bridge's session; not connected yet."""
     v5 = settings.mqtt_protocol == "5"
-    client = Client(
+    client = BridgeClient(
         CallbackAPIVersion.VERSION2,
         client_id=settings.mqtt_client_id,
         protocol=MQTTv5 if v5 else MQTTv311,

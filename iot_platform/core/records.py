@@ -12,10 +12,12 @@ Pure: no Kafka import; every rule comes from `RecordRules`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from iot_platform.core.envelope import (
+    H_RECEIVED_AT_MS,
     DeadLetterEnvelope,
     Envelope,
     Headers,
@@ -89,27 +91,30 @@ def record_key(match: TopicMatch, key_mode: Literal["tenant", "tenant_project"])
     return match.tenant_id.encode()
 
 
+@functools.lru_cache(maxsize=65_536)
+def _good_template(rules: RecordRules, topic: str, qos: int, retain: bool) -> tuple[bytes, Headers] | Rejection:
+    """Key and headers of a topic, all but the receive time (devices repeat topics: the hot path)."""
+    parsed = rules.grammar.parse(topic)
+    if isinstance(parsed, Rejection):
+        return parsed
+    envelope = Envelope(topic, parsed.tenant_id, parsed.project_id, qos, retain, 0, rules.bridge_id)
+    headers = [header for header in encode_envelope(envelope) if header[0] != H_RECEIVED_AT_MS]
+    return record_key(parsed, rules.key_mode), headers
+
+
 def build_record(message: InboundMessage, rules: RecordRules) -> KafkaRecord:
     """The record for a message: good, or a dead letter saying why not."""
-    parsed = rules.grammar.parse(message.topic)
-    if isinstance(parsed, Rejection):
-        return dead_letter_record(message, parsed.reason, rules)
+    template = _good_template(rules, message.topic, message.qos, message.retain)
+    if isinstance(template, Rejection):
+        return dead_letter_record(message, template.reason, rules)
     if len(message.payload) > rules.max_payload_bytes:
         return dead_letter_record(message, PAYLOAD_TOO_LARGE, rules)
-    envelope = Envelope(
-        mqtt_topic=message.topic,
-        tenant_id=parsed.tenant_id,
-        project_id=parsed.project_id,
-        qos=message.qos,
-        retain=message.retain,
-        received_at_ms=message.received_at_ms,
-        bridge_id=rules.bridge_id,
-    )
+    key, headers = template
     return KafkaRecord(
         topic=rules.messages_topic,
-        key=record_key(parsed, rules.key_mode),
+        key=key,
         value=message.payload,
-        headers=encode_envelope(envelope),
+        headers=[*headers, (H_RECEIVED_AT_MS, str(message.received_at_ms).encode())],
     )
 
 
