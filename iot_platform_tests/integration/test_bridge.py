@@ -267,6 +267,9 @@ def test_bad_input_is_dead_lettered_while_good_traffic_flows(
     assert len(acknowledged) == len(good) + len(bad)
     wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(good), timeout_s=60)
     wait_for_count(settings.kafka_bootstrap, settings.kafka_dlq_topic, len(bad), timeout_s=30)
+    deadline = time.monotonic() + 10
+    while not any(line.get("msg") == "heartbeat" for line in bridge.log_lines()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert bridge.terminate() == 0
     assert_all_present(settings, good, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
     dead = {decode_dead_letter(r.headers).mqtt_topic + str(len(r.value)): r for r in read_topic(settings.kafka_bootstrap, settings.kafka_dlq_topic)}
