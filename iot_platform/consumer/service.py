@@ -9,6 +9,14 @@ off. Database errors retry the same batch with jittered backoff, reconnecting, a
 an offset; the consumer stays in its group meanwhile (up to ``consumer_max_poll_interval_ms``).
 On SIGTERM/SIGINT the batch in hand is written (or abandoned if the database is down), then the
 consumer leaves its group and exits 0.
+
+Threads: the main thread reads and classifies Kafka records; one database thread (write_thread.py)
+writes. Batch N+1 is collected while batch N is written; N+1 is handed over only once N has
+committed (at most one batch in flight, batches commit in order) and Kafka's commit of N follows.
+On revocation the callback waits for the batch in flight before returning: if it committed, its
+offsets are committed to Kafka; if it failed, the rows of the revoked partitions are dropped (their
+next owner starts from the database) and the rest is retried. Offsets on assignment are read on the
+database thread, after the batch in flight, so they include it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -24,7 +34,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.positions import Positions
 from iot_platform.consumer.records import DeadLetterRow, EnvelopeCache, KafkaRecord, MessageRow, classify
-from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition
+from iot_platform.consumer.write_thread import WriteThread
+from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition, WriteResult
 from iot_platform.settings import Settings
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
 
@@ -52,11 +63,22 @@ def _record(message: Message) -> KafkaRecord:
     return KafkaRecord(message.topic(), message.partition(), message.offset(), message.headers(), message.value(), ts if kind else None)
 
 
+@dataclass
+class InFlight:
+    """A batch handed to the database thread, and the outcome of its current attempt."""
+
+    rows: list[MessageRow | DeadLetterRow]
+    batch: Batch
+    attempt: Future[tuple[WriteResult, float]]
+
+
 class ConsumerService:
     def __init__(self, settings: Settings, metrics: ConsumerMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or ConsumerMetrics()
         self.writer = BatchWriter(settings)
+        self._db = WriteThread(self.writer)
+        self._in_flight: InFlight | None = None
         self.positions = Positions()
         self._envelopes = EnvelopeCache()
         self._stopping = threading.Event()
@@ -73,7 +95,8 @@ class ConsumerService:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         stored = retry_infrastructure(
-            lambda: self.writer.stored_offsets(keys), description="read stored offsets", should_stop=self._stopping.is_set
+            lambda: self._db.call(lambda: self.writer.stored_offsets(keys)), description="read stored offsets",
+            should_stop=self._stopping.is_set,
         )
         for tp in partitions:
             position = stored.get((tp.topic, tp.partition))
@@ -84,6 +107,7 @@ class ConsumerService:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._settle_in_flight(consumer, gone)
         # Unwritten records of a revoked partition are dropped: its next owner starts from the database.
         self._pending = [r for r in self._pending if _key(r, self.settings.kafka_topic) not in gone]
         for topic, partition in gone:
@@ -104,12 +128,17 @@ class ConsumerService:
         try:
             while not self._stopping.is_set():
                 self._collect(consumer)
-                if self._pending:
-                    self._write_pending(consumer)
+                self._finish_in_flight(consumer)
+                self._start_write()
                 self._heartbeat(consumer)
+            self._finish_in_flight(consumer)
+            self._start_write()
+            self._finish_in_flight(consumer)
         finally:
-            consumer.close()
-            self.writer.close()
+            try:
+                consumer.close()  # its revocation callback still settles a batch in flight
+            finally:
+                self._db.close()
             log.info("consumer stopped", extra={"totals": vars(self.metrics.totals)})
         return 0
 
@@ -141,34 +170,61 @@ class ConsumerService:
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("kafka error", extra={"error": str(error)})
 
-    def _write_pending(self, consumer: Consumer) -> None:
-        """Write the pending records, retrying the same batch until it commits or we stop."""
-        delays = backoff_delays(0.5, 10.0)
-        while True:
+    def _start_write(self) -> None:
+        """Hand the pending records to the database thread (the previous batch has committed)."""
+        if self._pending and self._in_flight is None:
             batch = _batch(self._pending, self.settings.kafka_topic)
-            started = time.monotonic()
-            try:
-                result = self.writer.write(batch)
-            except MissingPartition:
-                log.warning("a day partition vanished (retention?); recreating it", extra={"records": len(self._pending)})
-                self._stopping.wait(0.1)
-                continue
-            except Exception as exc:  # noqa: BLE001 - infrastructure retries; anything else also never advances
-                self.metrics.record_database_error()
-                infra = is_infrastructure_error(exc)
-                log.log(logging.WARNING if infra else logging.ERROR, "batch not written, retrying",
-                        extra={"records": len(self._pending), "error": str(exc).strip()[:300], "infrastructure": infra},
-                        exc_info=not infra)
-                if self._stopping.is_set():
-                    log.warning("stopping with an unwritten batch; it is read again on restart", extra={"records": len(self._pending)})
-                    self._pending = []
-                    return
-                self._stopping.wait(next(delays))
-                continue
-            self.metrics.record_batch(result, len(self._pending), time.monotonic() - started)
+            self._in_flight = InFlight(self._pending, batch, self._db.submit(batch))
             self._pending = []
-            self._commit_to_kafka(consumer, batch.next_offsets)
+
+    def _finish_in_flight(self, consumer: Consumer) -> None:
+        """Wait for the batch in flight; retry it until it commits or we stop; then commit to Kafka."""
+        delays = backoff_delays(0.5, 10.0)
+        while (flight := self._in_flight) is not None:
+            error = self._wait(consumer, flight)
+            if error is None:
+                return
+            if isinstance(error, MissingPartition):
+                log.warning("a day partition vanished (retention?); recreating it", extra={"records": len(flight.rows)})
+                self._stopping.wait(0.1)
+            elif self._stopping.is_set():
+                log.warning("stopping with an unwritten batch; it is read again on restart", extra={"records": len(flight.rows)})
+                self._in_flight = None
+                return
+            else:
+                self._stopping.wait(next(delays))
+            flight.attempt = self._db.submit(flight.batch)
+
+    def _settle_in_flight(self, consumer: Consumer, revoked: set[tuple[str, int]]) -> None:
+        """On revocation: wait for the batch in flight; if it failed, keep only the partitions we still own."""
+        flight = self._in_flight
+        if flight is None or self._wait(consumer, flight) is None:
             return
+        kept = [r for r in flight.rows if _key(r, self.settings.kafka_topic) not in revoked]
+        log.warning("batch in flight failed during a rebalance; revoked partitions' records dropped",
+                    extra={"dropped": len(flight.rows) - len(kept), "kept": len(kept)})
+        self._in_flight = None
+        if kept:
+            batch = _batch(kept, self.settings.kafka_topic)
+            self._in_flight = InFlight(kept, batch, self._db.submit(batch))
+
+    def _wait(self, consumer: Consumer, flight: InFlight) -> Exception | None:
+        """Wait for the current attempt. Success: metrics, Kafka commit, nothing in flight; else the error."""
+        try:
+            result, seconds = flight.attempt.result()
+        except MissingPartition as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - infrastructure retries; anything else also never advances
+            self.metrics.record_database_error()
+            infra = is_infrastructure_error(exc)
+            log.log(logging.WARNING if infra else logging.ERROR, "batch not written, retrying",
+                    extra={"records": len(flight.rows), "error": str(exc).strip()[:300], "infrastructure": infra},
+                    exc_info=not infra)
+            return exc
+        self._in_flight = None
+        self.metrics.record_batch(result, len(flight.rows), seconds)
+        self._commit_to_kafka(consumer, flight.batch.next_offsets)
+        return None
 
     def _commit_to_kafka(self, consumer: Consumer, next_offsets: dict[tuple[str, int], int]) -> None:
         assigned = set(self.positions.assigned())
