@@ -136,7 +136,6 @@ class Settings(BaseSettings):
             f"{database or self.pg_database}?connect_timeout={self.pg_connect_timeout_s}"
         )
 
-
     def as_env(self) -> dict[str, str]:
         """These settings as IOT_* variables, to hand to a child process (services, Dagster)."""
         env: dict[str, str] = {}
@@ -149,6 +148,22 @@ class Settings(BaseSettings):
         return env
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with explicit overrides (tests, `dev up`)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated so documentation cannot drift."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "(computed)"
+        elif isinstance(field.default, SecretStr):
+            default = "(secret)"
+        elif field.default is None:
+            default = "(unset)"
+        else:
+            default = f"`{field.default}`"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `IOT_{name.upper()}` | {default} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
