@@ -18,11 +18,18 @@ STAGING_COLUMNS = (
     "device_id", "device_ts", "received_at", "kafka_partition", "kafka_offset",
 )
 NULL = "\\N"
-_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _escape(value: str) -> str:
+    # str.translate with multi-character replacements costs about 4 us for a 150-character JSON
+    # text; most texts hold none of the four characters, which `in` finds at memchr speed.
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
 
 
 def text(value: str | None) -> str:
-    return NULL if value is None else value.translate(_ESCAPES)
+    return NULL if value is None else _escape(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -42,14 +49,14 @@ def timestamp(value: dt.datetime | None) -> str:
 
 def copy_line(row: MessageRow, *, with_json: bool = True) -> str:
     """One staging-table line (newline-terminated) for ``row``; ``with_json=False`` stores jsonb NULL."""
-    # Hot path (once per record): translate inlined rather than calling text() for each field.
+    # Hot path (once per record): the NULL tests inlined rather than calling text() for each field.
     json_text = row.json_text if with_json else None
     return (
-        f"{row.tenant_id.translate(_ESCAPES)}\t{row.project_id.translate(_ESCAPES)}\t{row.mqtt_topic.translate(_ESCAPES)}"
+        f"{_escape(row.tenant_id)}\t{_escape(row.project_id)}\t{_escape(row.mqtt_topic)}"
         f"\t\\\\x{row.payload.hex()}"
-        f"\t{NULL if json_text is None else json_text.translate(_ESCAPES)}"
-        f"\t{NULL if row.message_id is None else row.message_id.translate(_ESCAPES)}"
-        f"\t{NULL if row.device_id is None else row.device_id.translate(_ESCAPES)}"
+        f"\t{NULL if json_text is None else _escape(json_text)}"
+        f"\t{NULL if row.message_id is None else _escape(row.message_id)}"
+        f"\t{NULL if row.device_id is None else _escape(row.device_id)}"
         f"\t{NULL if row.device_ts is None else row.device_ts.isoformat()}"
         f"\t{timestamp_ms(row.received_at_ms)}\t{row.kafka_partition}\t{row.kafka_offset}\n"
     )

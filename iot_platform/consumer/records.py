@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from iot_platform.core.envelope import H_RECEIVED_AT_MS, Envelope, EnvelopeError, decode_dead_letter, decode_envelope
-from iot_platform.core.payload import inspect_payload
+from iot_platform.core.payload import payload_fields
 
 SOURCE_BRIDGE = "bridge"
 SOURCE_CONSUMER = "consumer"
@@ -76,58 +76,83 @@ class EnvelopeCache:
 
     The cache key is every header but ``received_at_ms``; on a hit only that header is parsed, with
     the same rules as decode_envelope (UTF-8, no NUL, an integer), so the result is always what
-    decode_envelope would return.
+    decode_envelope would return. Headers with no or several receive-time headers are never cached.
     """
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self._entries: dict[tuple[tuple[str, bytes | None], ...], Envelope] = {}
         self._max_entries = max_entries
+        self._at = 0  # where the receive-time header was last time (the bridge's order is fixed)
 
     def decode(self, headers: Sequence[tuple[str, bytes | None]] | None) -> Envelope:
-        if not headers:
-            return decode_envelope(headers)
-        key = tuple(h for h in headers if h[0] != H_RECEIVED_AT_MS)
-        cached = self._entries.get(key)
-        if cached is None or len(key) != len(headers) - 1:
-            envelope = decode_envelope(headers)
-            if len(key) == len(headers) - 1:  # exactly one receive-time header: cacheable
-                if len(self._entries) >= self._max_entries:
-                    self._entries.clear()
-                self._entries[key] = envelope
+        envelope, received_at_ms = self.decode_fields(headers)
+        if envelope.received_at_ms == received_at_ms:
             return envelope
-        raw = next(v for k, v in headers if k == H_RECEIVED_AT_MS)
-        if raw is not None and raw.isdigit():  # ASCII digits: exactly what decode_envelope accepts
-            return Envelope(cached.mqtt_topic, cached.tenant_id, cached.project_id, cached.qos, cached.retain, int(raw), cached.bridge_id)
-        return decode_envelope(headers)  # anything unusual: the full decoder, and its error
+        e = envelope
+        return Envelope(e.mqtt_topic, e.tenant_id, e.project_id, e.qos, e.retain, received_at_ms, e.bridge_id)
+
+    def decode_fields(self, headers: Sequence[tuple[str, bytes | None]] | None) -> tuple[Envelope, int]:
+        """(an envelope equal to the record's but for its receive time, the record's receive time).
+
+        Saves building an Envelope per record; raises EnvelopeError exactly as decode_envelope does.
+        """
+        if not headers:
+            envelope = decode_envelope(headers)
+            return envelope, envelope.received_at_ms
+        at = self._at
+        if at >= len(headers) or headers[at][0] != H_RECEIVED_AT_MS:
+            at = next((i for i, (name, _) in enumerate(headers) if name == H_RECEIVED_AT_MS), -1)
+            if at < 0:
+                envelope = decode_envelope(headers)  # raises: the header is missing
+                return envelope, envelope.received_at_ms
+            self._at = at
+        key = (*headers[:at], *headers[at + 1:])
+        cached = self._entries.get(key)  # a stored key holds no receive-time header
+        raw = headers[at][1]
+        if cached is not None and raw is not None and raw.isdigit():  # ASCII digits: what decode_envelope accepts
+            return cached, int(raw)
+        envelope = decode_envelope(headers)  # a new key, or anything unusual: the full decoder, and its error
+        if cached is None and all(name != H_RECEIVED_AT_MS for name, _ in key):  # exactly one receive time: cacheable
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[key] = envelope
+        return envelope, envelope.received_at_ms
+
+
+class Classifier:
+    """classify() for a stream of records, from the Kafka message's parts (no KafkaRecord per record)."""
+
+    def __init__(self, *, messages_topic: str, message_id_field: str, envelopes: EnvelopeCache | None = None) -> None:
+        self._messages_topic = messages_topic
+        self._message_id_field = message_id_field
+        self._envelopes = envelopes if envelopes is not None else EnvelopeCache()
+
+    def __call__(
+        self, topic: str, partition: int, offset: int, headers: Sequence[tuple[str, bytes | None]] | None,
+        value: bytes | None, timestamp_ms: int | None,
+    ) -> MessageRow | DeadLetterRow:
+        payload = value if value is not None else b""
+        if topic != self._messages_topic:
+            return _bridge_dead_letter(KafkaRecord(topic, partition, offset, headers, value, timestamp_ms), payload)
+        try:
+            envelope, received_at_ms = self._envelopes.decode_fields(headers)
+        except EnvelopeError as exc:
+            return _consumer_dead_letter(KafkaRecord(topic, partition, offset, headers, value, timestamp_ms), payload,
+                                         f"undecodable headers: {exc}")
+        if not MIN_RECEIVED_AT_MS <= received_at_ms <= MAX_RECEIVED_AT_MS:
+            return _consumer_dead_letter(KafkaRecord(topic, partition, offset, headers, value, timestamp_ms), payload,
+                                         f"received_at_ms out of range: {received_at_ms}")
+        json_text, message_id, device_id, device_ts = payload_fields(payload, self._message_id_field)
+        return MessageRow(envelope.tenant_id, envelope.project_id, envelope.mqtt_topic, payload, json_text, message_id,
+                          device_id, device_ts, received_at_ms, partition, offset)
 
 
 def classify(
     record: KafkaRecord, *, messages_topic: str, message_id_field: str, envelopes: EnvelopeCache | None = None
 ) -> MessageRow | DeadLetterRow:
     """The row a record becomes; records of any topic other than ``messages_topic`` are dead letters."""
-    payload = record.value if record.value is not None else b""
-    if record.topic != messages_topic:
-        return _bridge_dead_letter(record, payload)
-    try:
-        envelope = envelopes.decode(record.headers) if envelopes is not None else decode_envelope(record.headers)
-    except EnvelopeError as exc:
-        return _consumer_dead_letter(record, payload, f"undecodable headers: {exc}")
-    if not MIN_RECEIVED_AT_MS <= envelope.received_at_ms <= MAX_RECEIVED_AT_MS:
-        return _consumer_dead_letter(record, payload, f"received_at_ms out of range: {envelope.received_at_ms}")
-    facts = inspect_payload(payload, message_id_field)
-    return MessageRow(
-        tenant_id=envelope.tenant_id,
-        project_id=envelope.project_id,
-        mqtt_topic=envelope.mqtt_topic,
-        payload=payload,
-        json_text=facts.json_text,
-        message_id=facts.message_id,
-        device_id=facts.device_id,
-        device_ts=facts.device_ts,
-        received_at_ms=envelope.received_at_ms,
-        kafka_partition=record.partition,
-        kafka_offset=record.offset,
-    )
+    classifier = Classifier(messages_topic=messages_topic, message_id_field=message_id_field, envelopes=envelopes)
+    return classifier(record.topic, record.partition, record.offset, record.headers, record.value, record.timestamp_ms)
 
 
 def rejected(row: MessageRow, reason: str, messages_topic: str) -> DeadLetterRow:

@@ -29,11 +29,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.positions import Positions
-from iot_platform.consumer.records import DeadLetterRow, EnvelopeCache, KafkaRecord, MessageRow, classify
+from iot_platform.consumer.records import Classifier, DeadLetterRow, MessageRow
 from iot_platform.consumer.write_thread import WriteThread
 from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition, WriteResult
 from iot_platform.settings import Settings
@@ -58,11 +58,6 @@ def kafka_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _record(message: Message) -> KafkaRecord:
-    kind, ts = message.timestamp()
-    return KafkaRecord(message.topic(), message.partition(), message.offset(), message.headers(), message.value(), ts if kind else None)
-
-
 @dataclass
 class InFlight:
     """A batch handed to the database thread, and the outcome of its current attempt."""
@@ -80,7 +75,7 @@ class ConsumerService:
         self._db = WriteThread(self.writer)
         self._in_flight: InFlight | None = None
         self.positions = Positions()
-        self._envelopes = EnvelopeCache()
+        self._classify = Classifier(messages_topic=settings.kafka_topic, message_id_field=settings.message_id_field)
         self._stopping = threading.Event()
         self._pending: list[MessageRow | DeadLetterRow] = []
         self._consumer: Consumer | None = None
@@ -147,21 +142,22 @@ class ConsumerService:
         size = self.settings.consumer_batch_size
         deadline = time.monotonic() + self.settings.consumer_batch_max_wait_ms / 1000
         consumed: Counter[str] = Counter()
-        topic, id_field = self.settings.kafka_topic, self.settings.message_id_field
+        classify, accept = self._classify, self.positions.accept
+        # self._pending, not a local alias: a revocation inside consume() replaces the list.
         while len(self._pending) < size and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             for message in consumer.consume(min(size - len(self._pending), 10_000), timeout=min(remaining, 1.0)):
-                error = message.error()
-                if error is not None:
-                    self._kafka_error(error)
+                if message.error() is not None:
+                    self._kafka_error(message.error())
                     continue
-                key = (message.topic(), message.partition())
-                if not self.positions.accept(key, message.offset()):
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                if not accept((topic, partition), offset):
                     continue
-                consumed[key[0]] += 1
-                self._pending.append(classify(_record(message), messages_topic=topic, message_id_field=id_field, envelopes=self._envelopes))
+                consumed[topic] += 1
+                kind, timestamp_ms = message.timestamp()
+                self._pending.append(classify(topic, partition, offset, message.headers(), message.value(), timestamp_ms if kind else None))
         self.metrics.record_consumed(consumed)
 
     def _kafka_error(self, error: KafkaError) -> None:

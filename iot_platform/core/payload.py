@@ -33,10 +33,16 @@ class PayloadFacts:
 
 
 NO_FACTS = PayloadFacts(None, None, None, None)
+FactFields = tuple[str | None, str | None, str | None, dt.datetime | None]  # PayloadFacts' fields, in order
+_NO_FIELDS: FactFields = (None, None, None, None)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON that jsonb accepts")
+
+
+# One decoder for every payload: json.loads(..., parse_constant=...) builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _jsonb_safe_string(text: str) -> bool:
@@ -67,7 +73,7 @@ def decode_json(payload: bytes) -> tuple[Any, str | None] | None:
     """
     try:
         text = payload.decode("utf-8")
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return None
     # Such strings can only come from escapes: skip the walk for the common payload without any.
@@ -118,12 +124,24 @@ def device_timestamp(value: Any) -> dt.datetime | None:
 
 def inspect_payload(payload: bytes, message_id_field: str) -> PayloadFacts:
     """Everything storable besides the bytes; see the module docstring."""
+    return PayloadFacts(*payload_fields(payload, message_id_field))
+
+
+def payload_fields(payload: bytes, message_id_field: str) -> FactFields:
+    """inspect_payload's facts as a plain tuple: the consumer's per-record path builds no object."""
     decoded = decode_json(payload)
     if decoded is None:
-        return NO_FACTS
+        return _NO_FIELDS
     value, text = decoded
     if not isinstance(value, dict):
-        return PayloadFacts(text, None, None, None)
-    device_id = next((identifier(value[f]) for f in DEVICE_ID_FIELDS if f in value), None)
-    device_ts = next((device_timestamp(value[f]) for f in DEVICE_TS_FIELDS if f in value), None)
-    return PayloadFacts(text, identifier(_lookup(value, message_id_field)), device_id, device_ts)
+        return text, None, None, None
+    device_id = device_ts = None
+    for name in DEVICE_ID_FIELDS:  # the first field present decides, usable or not
+        if name in value:
+            device_id = identifier(value[name])
+            break
+    for name in DEVICE_TS_FIELDS:
+        if name in value:
+            device_ts = device_timestamp(value[name])
+            break
+    return text, identifier(_lookup(value, message_id_field)), device_id, device_ts
