@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from iot_platform.settings import Settings
+
+T = TypeVar("T")
 
 
 def mqtt_topic(settings: Settings, tenant: str, project: str, *rest: str) -> str:
@@ -18,3 +23,14 @@ def service_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
     env.update(settings.as_env())
     return env
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 1.0) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")

@@ -8,72 +8,22 @@ reports on the external assets.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from iot_platform.observability.pidfile import pidfile_path, read_live_pid
 from iot_platform.orchestration.services import WORKER_PID_TAG
 from iot_platform.stack.dagster_processes import graphql
-from iot_platform.stack.ports import free_port
 from iot_platform.stack.process import pid_alive
+from iot_platform_tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
 SENSOR_SELECTOR = {"repositoryLocationName": "iot_platform", "repositoryName": "__repository__", "sensorName": "service_watchdog"}
 BRIDGE_JOB = "mqtt_kafka_bridge_service"
-
-
-def _cli(env: dict[str, str], *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iot_platform.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _wait(predicate, timeout_s: float, what: str, interval_s: float = 1.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    home = tmp_path_factory.mktemp("dagster-services") / ".iot"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "DAGSTER_"))}
-    env.update(
-        IOT_HOME=str(home),
-        IOT_MQTT_URL=f"mqtt://127.0.0.1:{free_port()}",
-        IOT_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
-        IOT_KAFKA_CONTROLLER_PORT=str(free_port()),
-        IOT_PG_PORT=str(free_port()),
-        IOT_DAGSTER_PORT=str(free_port()),
-        IOT_BRIDGE_METRICS_PORT="0",
-        IOT_CONSUMER_METRICS_PORT="0",
-    )
-    up = _cli(env, "dev", "up", "--no-demo")
-    try:
-        assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
-        status = json.loads(_cli(env, "dev", "status", "--json").stdout)
-        yield {"env": env, "url": status["dagster"]["url"], "home": home}
-    finally:
-        recorded = json.loads((home / "state.json").read_text())["pids"] if (home / "state.json").exists() else {}
-        down = _cli(env, "dev", "down", timeout=180)
-        leftovers = {name: pid for name, pid in recorded.items() if pid and pid_alive(pid)}
-        for pid in leftovers.values():
-            os.killpg(pid, signal.SIGKILL)
-        for name in ("bridge", "consumer"):
-            if (pid := read_live_pid(home, name)) is not None:
-                os.kill(pid, signal.SIGKILL)
-        assert down.returncode == 0, down.stderr
-        assert not leftovers, f"dev down left processes alive: {leftovers}"
 
 
 def _q(url: str, query: str, **variables: object) -> dict:
@@ -105,52 +55,52 @@ def _set_sensor(url: str, on: bool) -> str:
     return result["stopSensor"]["instigationState"]["status"]
 
 
-def test_observer_reports_on_the_external_assets(platform: dict) -> None:
+def test_observer_reports_on_the_external_assets(dev_platform: dict) -> None:
     """Within about a minute of start the observer has recorded offsets and liveness on iot_messages."""
     query = """query { assetOrError(assetKey: {path: ["iot_messages"]}) { ... on Asset {
                  assetObservations(limit: 1) { metadataEntries { label } } } } }"""
 
     def labels() -> set[str]:
-        observations = _q(platform["url"], query)["assetOrError"].get("assetObservations") or []
+        observations = _q(dev_platform["url"], query)["assetOrError"].get("assetObservations") or []
         return {e["label"] for e in observations[0]["metadataEntries"]} if observations else set()
 
-    found = _wait(labels, 120, "an observation of iot_messages", interval_s=3)
+    found = wait_for(labels, 120, "an observation of iot_messages", interval_s=3)
     assert {"consumer_alive", "consumed_offsets_total", "lag_total"} <= found
 
 
-def test_sensor_off_then_terminate_stops_a_service_gracefully_and_it_stays_down(platform: dict) -> None:
+def test_sensor_off_then_terminate_stops_a_service_gracefully_and_it_stays_down(dev_platform: dict) -> None:
     """The documented stop: the bridge exits cleanly (removes its pid file), nothing relaunches it; sensor on brings it back."""
-    url, home = platform["url"], platform["home"]
-    run = _wait(lambda: _started_run(url, BRIDGE_JOB), 90, "a STARTED bridge run")
-    bridge_pid = _wait(lambda: read_live_pid(home, "bridge"), 60, "the bridge pid file")
+    url, home = dev_platform["url"], dev_platform["home"]
+    run = wait_for(lambda: _started_run(url, BRIDGE_JOB), 90, "a STARTED bridge run")
+    bridge_pid = wait_for(lambda: read_live_pid(home, "bridge"), 60, "the bridge pid file")
     assert _set_sensor(url, on=False) == "STOPPED"
     try:
         result = _q(url, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""", id=run["runId"])
         assert result["terminateRun"]["__typename"] == "TerminateRunSuccess"
-        _wait(lambda: not pid_alive(bridge_pid), 90, "the bridge process exiting")
+        wait_for(lambda: not pid_alive(bridge_pid), 90, "the bridge process exiting")
         assert not pidfile_path(home, "bridge").exists(), "bridge did not shut down cleanly (pid file left behind)"
-        _wait(lambda: _runs(url, BRIDGE_JOB, ["CANCELED"]), 60, "the bridge run becoming CANCELED")
+        wait_for(lambda: _runs(url, BRIDGE_JOB, ["CANCELED"]), 60, "the bridge run becoming CANCELED")
         time.sleep(40)  # more than two watchdog intervals
         assert _runs(url, BRIDGE_JOB, ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]) == []
         assert read_live_pid(home, "bridge") is None
         assert read_live_pid(home, "consumer") is not None  # the other service is untouched
     finally:
         assert _set_sensor(url, on=True) == "RUNNING"
-    new_pid = _wait(lambda: read_live_pid(home, "bridge"), 90, "the bridge back after the sensor is on")
+    new_pid = wait_for(lambda: read_live_pid(home, "bridge"), 90, "the bridge back after the sensor is on")
     assert new_pid != bridge_pid
 
 
-def test_sigkilled_run_worker_takes_its_service_along_and_is_replaced(platform: dict) -> None:
+def test_sigkilled_run_worker_takes_its_service_along_and_is_replaced(dev_platform: dict) -> None:
     """SIGKILL the consumer's run worker: the consumer exits (no orphan) and a new run is up within a minute."""
-    url, home = platform["url"], platform["home"]
-    run = _wait(lambda: _started_run(url, "kafka_postgres_consumer_service"), 90, "a STARTED consumer run")
+    url, home = dev_platform["url"], dev_platform["home"]
+    run = wait_for(lambda: _started_run(url, "kafka_postgres_consumer_service"), 90, "a STARTED consumer run")
     tags = {t["key"]: t["value"] for t in run["tags"]}
-    worker = int(_wait(lambda: tags.get(WORKER_PID_TAG), 5, "the worker pid tag"))
-    consumer = _wait(lambda: read_live_pid(home, "consumer"), 60, "the consumer pid file")
+    worker = int(wait_for(lambda: tags.get(WORKER_PID_TAG), 5, "the worker pid tag"))
+    consumer = wait_for(lambda: read_live_pid(home, "consumer"), 60, "the consumer pid file")
     os.kill(worker, signal.SIGKILL)
     killed = time.monotonic()
-    _wait(lambda: not pid_alive(consumer), 30, "the orphaned consumer exiting")
-    replacement = _wait(lambda: (p := read_live_pid(home, "consumer")) and p != consumer and p, 90, "a new consumer")
+    wait_for(lambda: not pid_alive(consumer), 30, "the orphaned consumer exiting")
+    replacement = wait_for(lambda: (p := read_live_pid(home, "consumer")) and p != consumer and p, 90, "a new consumer")
     assert time.monotonic() - killed < 60, f"consumer back after {time.monotonic() - killed:.0f} s"
     assert replacement != consumer
     assert _q(url, """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }""", id=run["runId"])["runOrError"]["status"] == "FAILURE"

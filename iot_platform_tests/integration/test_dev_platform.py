@@ -1,7 +1,7 @@
 """`iot-platform dev up` on real servers: the whole platform, supervised by Dagster, end to end.
 
-One platform is started for the module (it takes a minute on two cores) in a private IOT_HOME with
-free ports, and `dev down` must leave none of its processes alive.
+The platform is the shared `dev_platform` fixture (integration/conftest.py); `dev down` at the end
+must leave none of its processes alive.
 """
 
 from __future__ import annotations
@@ -9,12 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg2
@@ -22,61 +18,14 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from iot_platform.stack.dagster_processes import graphql
-from iot_platform.stack.ports import free_port
 from iot_platform.stack.process import pid_alive
+from iot_platform_tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
 RUNS_QUERY = """
 query { runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { runId jobName status } } } }
 """
-
-
-def _cli(env: dict[str, str], *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iot_platform.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _wait(predicate, timeout_s: float, what: str, interval_s: float = 1.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    home = tmp_path_factory.mktemp("platform") / ".iot"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "DAGSTER_"))}
-    env.update(
-        IOT_HOME=str(home),
-        IOT_MQTT_URL=f"mqtt://127.0.0.1:{free_port()}",
-        IOT_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
-        IOT_KAFKA_CONTROLLER_PORT=str(free_port()),
-        IOT_PG_PORT=str(free_port()),
-        IOT_DAGSTER_PORT=str(free_port()),
-        IOT_BRIDGE_METRICS_PORT="0",
-        IOT_CONSUMER_METRICS_PORT="0",
-        IOT_HEARTBEAT_INTERVAL_S="5",
-    )
-    started = time.monotonic()
-    up = _cli(env, "dev", "up", "--no-demo")
-    try:
-        assert up.returncode == 0, f"dev up failed:\n{up.stdout}\n{up.stderr}"
-        status = json.loads(_cli(env, "dev", "status", "--json").stdout)
-        yield {"env": env, "status": status, "up_seconds": time.monotonic() - started, "home": home}
-    finally:
-        recorded = json.loads((home / "state.json").read_text())["pids"] if (home / "state.json").exists() else {}
-        down = _cli(env, "dev", "down", timeout=180)
-        leftovers = {name: pid for name, pid in recorded.items() if pid and pid_alive(pid)}
-        for pid in leftovers.values():  # never leave a process behind, even when the test fails
-            os.killpg(pid, signal.SIGKILL)
-        assert down.returncode == 0, down.stderr
-        assert not leftovers, f"dev down left processes alive: {leftovers}"
 
 
 def _publish(env: dict[str, str], topic: str, payload: bytes) -> None:
@@ -100,9 +49,9 @@ def _stored(env: dict[str, str], payload: bytes) -> bool:
     return found
 
 
-def test_status_shows_every_endpoint_and_pid(platform: dict) -> None:
+def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
     """status --json has the DESIGN.md §3 shape, with live pids for every part and both services."""
-    status, env = platform["status"], platform["env"]
+    status, env = dev_platform["status"], dev_platform["env"]
     assert status["mqtt"]["port"] == int(env["IOT_MQTT_URL"].rsplit(":", 1)[1])
     assert status["kafka"]["bootstrap"] == env["IOT_KAFKA_BOOTSTRAP"]
     assert f":{env['IOT_PG_PORT']}/iot" in status["postgres"]["dsn"]
@@ -111,9 +60,9 @@ def test_status_shows_every_endpoint_and_pid(platform: dict) -> None:
         assert pid_alive(status["pids"][name]), f"{name} is not running: {status['pids']}"
 
 
-def test_topics_exist_with_partitions_and_retention(platform: dict) -> None:
+def test_topics_exist_with_partitions_and_retention(dev_platform: dict) -> None:
     """An AdminClient sees iot-messages (6 partitions, 72 h) and iot-messages-dlq."""
-    admin = AdminClient({"bootstrap.servers": platform["env"]["IOT_KAFKA_BOOTSTRAP"]})
+    admin = AdminClient({"bootstrap.servers": dev_platform["env"]["IOT_KAFKA_BOOTSTRAP"]})
     topics = admin.list_topics(timeout=10).topics
     assert len(topics["iot-messages"].partitions) == 6
     assert "iot-messages-dlq" in topics
@@ -121,30 +70,30 @@ def test_topics_exist_with_partitions_and_retention(platform: dict) -> None:
     assert admin.describe_configs([resource])[resource].result(timeout=10)["retention.ms"].value == str(72 * 3600 * 1000)
 
 
-def test_both_services_run_under_dagster_and_data_flows(platform: dict) -> None:
+def test_both_services_run_under_dagster_and_data_flows(dev_platform: dict) -> None:
     """Both service runs are STARTED; a message published to MQTT appears in iot.messages."""
-    env = platform["env"]
-    url = platform["status"]["dagster"]["url"]
+    env = dev_platform["env"]
+    url = dev_platform["status"]["dagster"]["url"]
     jobs = {r["jobName"] for r in graphql(url, RUNS_QUERY)["data"]["runsOrError"]["results"]}
     assert {"mqtt_kafka_bridge_service", "kafka_postgres_consumer_service"} <= jobs
     payload = json.dumps({"msg_id": uuid.uuid4().hex, "device_id": "d1", "temperature": 21.5}).encode()
     _publish(env, "mtic/msg/client/realtime/1968193631353446400/1968193691042586624/telemetry", payload)
-    _wait(lambda: _stored(env, payload), 60, "the message reaching iot.messages")
+    wait_for(lambda: _stored(env, payload), 60, "the message reaching iot.messages")
 
 
-def test_killed_bridge_is_back_within_a_minute_and_data_flows_again(platform: dict) -> None:
+def test_killed_bridge_is_back_within_a_minute_and_data_flows_again(dev_platform: dict) -> None:
     """SIGKILL the bridge process: the watchdog relaunches it within 60 s, and new messages arrive."""
-    env, home = platform["env"], platform["home"]
+    env, home = dev_platform["env"], dev_platform["home"]
     from iot_platform.observability.pidfile import read_live_pid
 
     old = read_live_pid(home, "bridge")
     assert old
     os.kill(old, signal.SIGKILL)
     killed_at = time.monotonic()
-    new = _wait(lambda: (p := read_live_pid(home, "bridge")) and p != old and p, 90, "a new bridge process")
+    new = wait_for(lambda: (p := read_live_pid(home, "bridge")) and p != old and p, 90, "a new bridge process")
     back_after = time.monotonic() - killed_at
     assert back_after < 60, f"bridge came back after {back_after:.0f} s"
     payload = json.dumps({"msg_id": uuid.uuid4().hex, "device_id": "d2", "temperature": 19.0}).encode()
     _publish(env, "mtic/msg/client/realtime/tenantA/projectB/telemetry", payload)
-    _wait(lambda: _stored(env, payload), 60, "a message after the restart reaching iot.messages")
+    wait_for(lambda: _stored(env, payload), 60, "a message after the restart reaching iot.messages")
     assert new != old
