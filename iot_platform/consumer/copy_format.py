@@ -1,8 +1,9 @@
 """Rows in PostgreSQL's COPY text format (pure), for the consumer's staging table.
 
 Text fields escape backslash, tab, newline and carriage return; ``\\N`` is NULL; bytea is written as
-``\\\\x<hex>`` (the bytea hex form, its backslash escaped for COPY). Receive times are formatted from
-integer milliseconds, so the stored instant is exact.
+``\\\\x<hex>`` (the bytea hex form, its backslash escaped for COPY); the jsonb column is a flag
+(``t``: parse the payload as jsonb). Receive times are formatted from integer milliseconds, so the
+stored instant is exact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from iot_platform.consumer.records import MessageRow
 
 STAGING_COLUMNS = (
-    "tenant_id", "project_id", "mqtt_topic", "payload", "payload_json", "message_id",
+    "tenant_id", "project_id", "mqtt_topic", "payload", "payload_is_json", "message_id",
     "device_id", "device_ts", "received_at", "kafka_partition", "kafka_offset",
 )
 NULL = "\\N"
@@ -48,13 +49,15 @@ def timestamp(value: dt.datetime | None) -> str:
 
 
 def copy_line(row: MessageRow, *, with_json: bool = True) -> str:
-    """One staging-table line (newline-terminated) for ``row``; ``with_json=False`` stores jsonb NULL."""
+    """One staging-table line (newline-terminated) for ``row``; ``with_json=False`` stores jsonb NULL.
+
+    The jsonb column is a flag: PostgreSQL parses the payload bytes, which are the JSON text.
+    """
     # Hot path (once per record): the NULL tests inlined rather than calling text() for each field.
-    json_text = row.json_text if with_json else None
     return (
         f"{_escape(row.tenant_id)}\t{_escape(row.project_id)}\t{_escape(row.mqtt_topic)}"
         f"\t\\\\x{row.payload.hex()}"
-        f"\t{NULL if json_text is None else _escape(json_text)}"
+        f"\t{'t' if with_json and row.json_text is not None else 'f'}"
         f"\t{NULL if row.message_id is None else _escape(row.message_id)}"
         f"\t{NULL if row.device_id is None else _escape(row.device_id)}"
         f"\t{NULL if row.device_ts is None else row.device_ts.isoformat()}"

@@ -7,9 +7,11 @@ from iot_platform.consumer.copy_format import STAGING_COLUMNS
 # for these statements.
 SESSION_SETUP = "SET jit = off"
 
+# payload_json is not sent: when the payload is storable JSON, its jsonb text is exactly the payload
+# decoded, so COPY carries the bytes once and a flag, and PostgreSQL parses the jsonb from them.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
-    tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_json jsonb,
+    tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_is_json boolean,
     message_id text, device_id text, device_ts timestamptz, received_at timestamptz,
     kafka_partition integer, kafka_offset bigint
 ) ON COMMIT DELETE ROWS
@@ -18,9 +20,12 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
 COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
 
 # First occurrence of each (tenant, message id) in the batch claims the id unless an earlier batch
-# did; rows without an id, or whose id was claimed by this very record, become messages; the other
-# copies are recorded as duplicates. Replayed records (same partition and offset) change nothing.
-INSERT_FROM_STAGING = """
+# did; rows without an id, or whose id was claimed by this very record, become messages. Returns
+# (rows inserted, ids claimed). The writer fences replays before this statement (offsets below the
+# stored position never reach it), so the insert into iot.messages normally runs without ON CONFLICT
+# (speculative insertion costs ~8% of the server's CPU per batch); a unique violation there means a
+# replay the fence did not catch, and the statement is re-run with ON CONFLICT DO NOTHING.
+_INSERT_FROM_STAGING = """
 WITH firsts AS (
     SELECT DISTINCT ON (tenant_id, message_id) tenant_id, message_id, received_at, kafka_partition, kafka_offset
     FROM ingest_staging WHERE message_id IS NOT NULL
@@ -29,32 +34,36 @@ WITH firsts AS (
     INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)
     SELECT tenant_id, message_id, received_at, kafka_partition, kafka_offset FROM firsts
     ON CONFLICT DO NOTHING
-    RETURNING tenant_id, message_id, kafka_partition, kafka_offset
+    RETURNING kafka_partition, kafka_offset
 ), inserted AS (
     INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id,
                               device_id, device_ts, received_at, kafka_partition, kafka_offset)
-    SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload, s.payload_json, s.message_id,
+    SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload,
+           CASE WHEN s.payload_is_json THEN convert_from(s.payload, 'UTF8')::jsonb END, s.message_id,
            s.device_id, s.device_ts, s.received_at, s.kafka_partition, s.kafka_offset
     FROM ingest_staging s
     WHERE s.message_id IS NULL
        OR EXISTS (SELECT 1 FROM claimed c WHERE c.kafka_partition = s.kafka_partition AND c.kafka_offset = s.kafka_offset)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-), duplicates AS (
-    INSERT INTO iot.duplicate_messages (kafka_partition, kafka_offset, tenant_id, message_id, received_at,
-                                        first_kafka_partition, first_kafka_offset)
-    SELECT s.kafka_partition, s.kafka_offset, s.tenant_id, s.message_id, s.received_at,
-           coalesce(c.kafka_partition, m.kafka_partition), coalesce(c.kafka_offset, m.kafka_offset)
-    FROM ingest_staging s
-    LEFT JOIN claimed c ON c.tenant_id = s.tenant_id AND c.message_id = s.message_id
-    LEFT JOIN iot.message_ids m ON m.tenant_id = s.tenant_id AND m.message_id = s.message_id
-    WHERE s.message_id IS NOT NULL
-      AND (c.kafka_partition, c.kafka_offset) IS DISTINCT FROM (s.kafka_partition, s.kafka_offset)
-      AND (m.kafka_partition, m.kafka_offset) IS DISTINCT FROM (s.kafka_partition, s.kafka_offset)
-    ON CONFLICT DO NOTHING
+    {on_conflict}
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM duplicates)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM claimed)
+"""
+INSERT_FROM_STAGING = _INSERT_FROM_STAGING.format(on_conflict="")
+INSERT_FROM_STAGING_REPLAY_SAFE = _INSERT_FROM_STAGING.format(on_conflict="ON CONFLICT DO NOTHING")
+
+# Run only when fewer ids were claimed than rows carry one. Every claim of this batch is in
+# iot.message_ids by now, so a row with an id is a copy unless the claim there is its own (a claim
+# with its own coordinates from an earlier batch means a replay, not a copy).
+INSERT_DUPLICATES = """
+INSERT INTO iot.duplicate_messages (kafka_partition, kafka_offset, tenant_id, message_id, received_at,
+                                    first_kafka_partition, first_kafka_offset)
+SELECT s.kafka_partition, s.kafka_offset, s.tenant_id, s.message_id, s.received_at, m.kafka_partition, m.kafka_offset
+FROM ingest_staging s
+LEFT JOIN iot.message_ids m ON m.tenant_id = s.tenant_id AND m.message_id = s.message_id
+WHERE s.message_id IS NOT NULL
+  AND (m.kafka_partition, m.kafka_offset) IS DISTINCT FROM (s.kafka_partition, s.kafka_offset)
+ON CONFLICT DO NOTHING
 """
 
 INSERT_DEAD_LETTERS = """

@@ -4,11 +4,12 @@ Guarantee (exactly-once effect): the rows of a batch and the ``iot.ingest_offset
 it commit atomically. Inside the transaction each partition's offset row is locked and records
 below the stored position are skipped, so a batch written twice (a retry after a commit whose
 outcome was lost, a zombie consumer after a rebalance) adds nothing. Rows go through COPY into a
-temporary staging table, then ``INSERT ... ON CONFLICT DO NOTHING``; a payload message id seen
-before for the same tenant (``iot.message_ids``) turns the row into an ``iot.duplicate_messages``
-entry. A row PostgreSQL rejects is isolated by bisection under savepoints: retried once without
-its jsonb, then dead-lettered; the rest of the batch is stored. Infrastructure errors propagate
-after a rollback (and the connection is dropped): nothing of the batch, offsets included, is stored.
+temporary staging table, then one INSERT (re-run with ``ON CONFLICT DO NOTHING`` should a replay
+slip past that fence); a payload message id seen before for the same tenant (``iot.message_ids``)
+turns the row into an ``iot.duplicate_messages`` entry. A row PostgreSQL rejects is isolated by
+bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
+batch is stored. Infrastructure errors propagate after a rollback (and the connection is dropped):
+nothing of the batch, offsets included, is stored.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
@@ -154,8 +156,11 @@ class BatchWriter:
         cur.execute("SAVEPOINT rows")
         try:
             cur.copy_expert(sql.COPY_STAGING, io.BytesIO(data), size=1 << 20)
-            cur.execute(sql.INSERT_FROM_STAGING)
-            inserted, duplicates = cur.fetchone()
+            inserted, claimed = _insert_from_staging(cur)
+            duplicates = 0
+            if claimed < sum(1 for r in rows if r.message_id is not None):  # some row is a copy (or a replay)
+                cur.execute(sql.INSERT_DUPLICATES)
+                duplicates = cur.rowcount
             if not top_level:  # later bisection steps reuse the staging table in this transaction
                 cur.execute("TRUNCATE ingest_staging")
             cur.execute("RELEASE SAVEPOINT rows")
@@ -185,6 +190,19 @@ class BatchWriter:
         reason = f"rejected by PostgreSQL: {_error_text(exc)}"
         log.warning("row dead-lettered", extra={"partition": row.kafka_partition, "offset": row.kafka_offset, "reason": reason})
         return [rejected(row, reason, self._messages_topic)]
+
+
+def _insert_from_staging(cur: psycopg2.extensions.cursor) -> tuple[int, int]:
+    """(rows inserted, ids claimed); a replay the offset fence missed re-runs the replay-safe statement."""
+    cur.execute("SAVEPOINT plain")
+    try:
+        cur.execute(sql.INSERT_FROM_STAGING)
+    except psycopg2.errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT plain")
+        cur.execute(sql.INSERT_FROM_STAGING_REPLAY_SAFE)
+    row = cur.fetchone()
+    cur.execute("RELEASE SAVEPOINT plain")
+    return row[0], row[1]
 
 
 def _error_text(exc: Exception) -> str:

@@ -103,13 +103,15 @@ def test_timestamp_ms_is_exact(epoch_ms: int, expected: str) -> None:
 
 
 def test_copy_line_fields() -> None:
-    """One tab-separated line per row, bytea as escaped hex, jsonb NULL on request."""
+    """One tab-separated line per row, bytea as escaped hex; the jsonb column is a flag (the server
+    parses the payload bytes), false on request and for a payload that is not storable JSON."""
     row = MessageRow("acme", "p1", "t/x", b"\x00\xff", '{"a": "\\n"}', "m1", None, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), 1000, 2, 7)
     fields = copy_line(row).rstrip("\n").split("\t")
     assert len(fields) == len(STAGING_COLUMNS)
-    assert fields[:7] == ["acme", "p1", "t/x", "\\\\x00ff", '{"a": "\\\\n"}', "m1", "\\N"]
+    assert fields[:7] == ["acme", "p1", "t/x", "\\\\x00ff", "t", "m1", "\\N"]
     assert fields[7:] == ["2026-01-01T00:00:00+00:00", "1970-01-01 00:00:01.000+00", "2", "7"]
-    assert copy_line(row, with_json=False).split("\t")[4] == "\\N"
+    assert copy_line(row, with_json=False).split("\t")[4] == "f"
+    assert copy_line(MessageRow("a", "p", "t", b"x", None, None, None, None, 0, 0, 0)).split("\t")[4] == "f"
 
 
 def test_positions_drop_stale_and_count_gaps() -> None:
