@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+from collections.abc import Iterable
 
 from iot_platform.consumer.records import MessageRow
 
@@ -63,3 +64,8 @@ def copy_line(row: MessageRow, *, with_json: bool = True) -> str:
         f"\t{NULL if row.device_ts is None else row.device_ts.isoformat()}"
         f"\t{timestamp_ms(row.received_at_ms)}\t{row.kafka_partition}\t{row.kafka_offset}\n"
     )
+
+
+def copy_data(rows: Iterable[MessageRow], *, with_json: bool = True) -> bytes:
+    """The COPY input for ``rows``: their lines, UTF-8 encoded."""
+    return "".join([copy_line(r, with_json=with_json) for r in rows]).encode()

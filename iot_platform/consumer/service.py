@@ -31,6 +31,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from iot_platform.consumer import copy_format
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.positions import Positions
 from iot_platform.consumer.records import Classifier, DeadLetterRow, MessageRow
@@ -268,6 +269,7 @@ def _key(row: MessageRow | DeadLetterRow, messages_topic: str) -> tuple[str, int
 
 
 def _batch(pending: list[MessageRow | DeadLetterRow], messages_topic: str) -> Batch:
+    """The batch of ``pending``, its COPY text formatted here, on the reading thread."""
     messages = [r for r in pending if isinstance(r, MessageRow)]
     letters = [r for r in pending if isinstance(r, DeadLetterRow)]
     next_offsets: dict[tuple[str, int], int] = {}
@@ -276,4 +278,4 @@ def _batch(pending: list[MessageRow | DeadLetterRow], messages_topic: str) -> Ba
         offset = row.kafka_offset + 1
         if offset > next_offsets.get(key, -1):
             next_offsets[key] = offset
-    return Batch(messages, letters, next_offsets)
+    return Batch(messages, letters, next_offsets, copy_format.copy_data(messages))

@@ -34,6 +34,8 @@ from iot_platform.storage.db import connect, is_infrastructure_error
 from iot_platform.storage.migrate import ensure_day_partitions
 
 log = logging.getLogger(__name__)
+_MS_PER_DAY = 86_400_000
+_EPOCH_DAY = dt.date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,9 @@ class Batch:
     messages: list[MessageRow]
     dead_letters: list[DeadLetterRow]
     next_offsets: dict[TopicPartitionKey, int]  # per partition: last offset in the batch + 1
+    # copy_format.copy_data(messages), when the reading thread formatted it ahead (keeps that Python
+    # work, which holds the GIL, off the database thread's critical path).
+    messages_copy: bytes | None = None
 
 
 @dataclass
@@ -102,7 +107,7 @@ class BatchWriter:
         """Store ``batch`` in one transaction; see the module docstring for the guarantee."""
         conn = self._connection()
         try:
-            self._ensure_days({row.received_day for row in batch.messages})
+            self._ensure_days(_days({row.received_at_ms // _MS_PER_DAY for row in batch.messages}))
             with conn.cursor() as cur:
                 result = self._write_in_transaction(cur, batch)
             conn.commit()
@@ -135,7 +140,8 @@ class BatchWriter:
         letters = [d for d in batch.dead_letters if d.kafka_offset >= stored.get((d.kafka_topic, d.kafka_partition), 0)]
         result = WriteResult(replays_skipped=len(batch.messages) + len(batch.dead_letters) - len(fresh) - len(letters))
         if fresh:
-            letters += self._store_messages(cur, fresh, result, top_level=True)
+            ahead = batch.messages_copy if len(fresh) == len(batch.messages) else None
+            letters += self._store_messages(cur, fresh, result, top_level=True, data=ahead)
         if letters:
             psycopg2.extras.execute_values(cur, sql.INSERT_DEAD_LETTERS, [_dead_letter_values(d) for d in letters], page_size=1000)
             for d in letters:
@@ -150,9 +156,14 @@ class BatchWriter:
         cur.execute(sql.LOCK_OFFSETS, ([t for t, _ in keys], [p for _, p in keys]))
         return {(t, p): n for t, p, n in cur.fetchall()}
 
-    def _store_messages(self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, *, top_level: bool, with_json: bool = True) -> list[DeadLetterRow]:
-        """Insert ``rows``; returns the dead letters of rows PostgreSQL rejected (bisecting to find them)."""
-        data = "".join(copy_format.copy_line(r, with_json=with_json) for r in rows).encode()
+    def _store_messages(
+        self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, *, top_level: bool,
+        with_json: bool = True, data: bytes | None = None,
+    ) -> list[DeadLetterRow]:
+        """Insert ``rows`` (``data``: their COPY text, if formatted ahead); returns the dead letters of
+        rows PostgreSQL rejected (bisecting to find them)."""
+        if data is None:
+            data = copy_format.copy_data(rows, with_json=with_json)
         cur.execute("SAVEPOINT rows")
         try:
             cur.copy_expert(sql.COPY_STAGING, io.BytesIO(data), size=1 << 20)
@@ -190,6 +201,10 @@ class BatchWriter:
         reason = f"rejected by PostgreSQL: {_error_text(exc)}"
         log.warning("row dead-lettered", extra={"partition": row.kafka_partition, "offset": row.kafka_offset, "reason": reason})
         return [rejected(row, reason, self._messages_topic)]
+
+
+def _days(epoch_days: set[int]) -> set[dt.date]:
+    return {_EPOCH_DAY + dt.timedelta(days=d) for d in epoch_days}
 
 
 def _insert_from_staging(cur: psycopg2.extensions.cursor) -> tuple[int, int]:
