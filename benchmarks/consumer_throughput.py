@@ -8,7 +8,8 @@ measured from the first stored row to the last, so process start and group join 
 Over the same window it reports the CPU seconds of the consumer, of PostgreSQL (postmaster and
 backends) and of Kafka, and the machine's load average: on a shared 2-core machine a low rate with
 little CPU used means the benchmark was starved, not slow. ``--profile out.json`` records the consumer
-with py-spy (``pip install py-spy``; speedscope format, idle samples included).
+with py-spy from the first stored batch on (``pip install py-spy``; speedscope format, idle samples
+included).
 
 Usage: .venv/bin/python benchmarks/consumer_throughput.py [--records 300000] [--batch-size 10000] [--no-msg-id] [--profile out.json]
 """
@@ -137,12 +138,6 @@ def main() -> int:
             process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "consumer"], env=env, stdout=log, stderr=log)
         stack.callback(process.wait, 20)
         stack.callback(process.terminate)
-        if args.profile:
-            spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-                                    str(process.pid), "--idle", "--threads", "--rate", "50", "--format", "speedscope",
-                                    "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            stack.callback(spy.wait, 30)
-            stack.callback(spy.send_signal, signal.SIGINT)
         cpu_start: tuple[float, float, float] | None = None
         first_at = first_count = None
         poll = connect(settings, autocommit=True)
@@ -154,6 +149,12 @@ def main() -> int:
             if total and first_at is None:
                 first_at, first_count = now, total
                 cpu_start = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid))
+                if args.profile:  # attached now, so the profile covers the measured window, not startup
+                    spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
+                                            "--pid", str(process.pid), "--idle", "--threads", "--rate", "100", "--format",
+                                            "speedscope", "-o", str(args.profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    stack.callback(spy.wait, 30)
+                    stack.callback(spy.send_signal, signal.SIGINT)
             if all(positions.get(p, 0) >= end for p, end in ends.items()):
                 break
             time.sleep(0.05)

@@ -124,11 +124,13 @@ class ConsumerService:
         try:
             while not self._stopping.is_set():
                 self._collect(consumer)
+                ready = self._prepare()  # formatted while the batch before it is still being written
                 self._finish_in_flight(consumer)
-                self._start_write()
+                self._submit(ready)
                 self._heartbeat(consumer)
+            ready = self._prepare()
             self._finish_in_flight(consumer)
-            self._start_write()
+            self._submit(ready)
             self._finish_in_flight(consumer)
         finally:
             try:
@@ -167,12 +169,19 @@ class ConsumerService:
         if error.code() != KafkaError._PARTITION_EOF:
             log.warning("kafka error", extra={"error": str(error)})
 
-    def _start_write(self) -> None:
-        """Hand the pending records to the database thread (the previous batch has committed)."""
-        if self._pending and self._in_flight is None:
-            batch = _batch(self._pending, self.settings.kafka_topic)
-            self._in_flight = InFlight(self._pending, batch, self._db.submit(batch))
-            self._pending = []
+    def _prepare(self) -> tuple[list[MessageRow | DeadLetterRow], Batch] | None:
+        """Take the pending records as a batch (COPY text formatted here, on the reading thread)."""
+        if not self._pending:
+            return None
+        rows, self._pending = self._pending, []
+        return rows, _batch(rows, self.settings.kafka_topic)
+
+    def _submit(self, ready: tuple[list[MessageRow | DeadLetterRow], Batch] | None) -> None:
+        """Hand a prepared batch to the database thread; the batch before it has committed or been abandoned."""
+        assert self._in_flight is None
+        if ready is not None:
+            rows, batch = ready
+            self._in_flight = InFlight(rows, batch, self._db.submit(batch))
 
     def _finish_in_flight(self, consumer: Consumer) -> None:
         """Wait for the batch in flight; retry it until it commits or we stop; then commit to Kafka."""

@@ -19,7 +19,8 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
 
 COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
 
-# First occurrence of each (tenant, message id) in the batch claims the id unless an earlier batch
+# First occurrence of each (tenant, message id) in the batch (sorted bytewise: equality is the same
+# under any deterministic collation, and "C" skips strcoll) claims the id unless an earlier batch
 # did; rows without an id, or whose id was claimed by this very record, become messages. Returns
 # (rows inserted, ids claimed). The writer fences replays before this statement (offsets below the
 # stored position never reach it), so the insert into iot.messages normally runs without ON CONFLICT
@@ -27,9 +28,10 @@ COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
 # replay the fence did not catch, and the statement is re-run with ON CONFLICT DO NOTHING.
 _INSERT_FROM_STAGING = """
 WITH firsts AS (
-    SELECT DISTINCT ON (tenant_id, message_id) tenant_id, message_id, received_at, kafka_partition, kafka_offset
+    SELECT DISTINCT ON (tenant_id COLLATE "C", message_id COLLATE "C")
+           tenant_id, message_id, received_at, kafka_partition, kafka_offset
     FROM ingest_staging WHERE message_id IS NOT NULL
-    ORDER BY tenant_id, message_id, kafka_partition, kafka_offset
+    ORDER BY tenant_id COLLATE "C", message_id COLLATE "C", kafka_partition, kafka_offset
 ), claimed AS (
     INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)
     SELECT tenant_id, message_id, received_at, kafka_partition, kafka_offset FROM firsts
@@ -73,11 +75,14 @@ VALUES %s
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
 """
 
-INSERT_MISSING_OFFSETS = "INSERT INTO iot.ingest_offsets (topic, partition, next_offset) VALUES %s ON CONFLICT DO NOTHING"
-
+# One round trip: create the missing offset rows, then lock every row of the batch in key order
+# (two writers never deadlock) and read the stored positions.
 LOCK_OFFSETS = """
+INSERT INTO iot.ingest_offsets (topic, partition, next_offset)
+SELECT topic, partition, 0 FROM unnest(%(topics)s::text[], %(partitions)s::int[]) AS k (topic, partition)
+ON CONFLICT DO NOTHING;
 SELECT topic, partition, next_offset FROM iot.ingest_offsets
-WHERE (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))
+WHERE (topic, partition) IN (SELECT * FROM unnest(%(topics)s::text[], %(partitions)s::int[]))
 ORDER BY topic, partition
 FOR UPDATE
 """

@@ -152,8 +152,7 @@ class BatchWriter:
 
     def _lock_offsets(self, cur: psycopg2.extensions.cursor, next_offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
         keys = sorted(next_offsets)
-        psycopg2.extras.execute_values(cur, sql.INSERT_MISSING_OFFSETS, keys, template="(%s, %s::int, 0)")
-        cur.execute(sql.LOCK_OFFSETS, ([t for t, _ in keys], [p for _, p in keys]))
+        cur.execute(sql.LOCK_OFFSETS, {"topics": [t for t, _ in keys], "partitions": [p for _, p in keys]})
         return {(t, p): n for t, p, n in cur.fetchall()}
 
     def _store_messages(
@@ -173,8 +172,8 @@ class BatchWriter:
                 cur.execute(sql.INSERT_DUPLICATES)
                 duplicates = cur.rowcount
             if not top_level:  # later bisection steps reuse the staging table in this transaction
-                cur.execute("TRUNCATE ingest_staging")
-            cur.execute("RELEASE SAVEPOINT rows")
+                cur.execute("TRUNCATE ingest_staging; RELEASE SAVEPOINT rows")
+            # At the top level the savepoint stays open: the commit releases it, one round trip fewer.
         except (psycopg2.Error, ValueError) as exc:
             if isinstance(exc, psycopg2.Error) and is_infrastructure_error(exc):
                 raise
@@ -209,15 +208,12 @@ def _days(epoch_days: set[int]) -> set[dt.date]:
 
 def _insert_from_staging(cur: psycopg2.extensions.cursor) -> tuple[int, int]:
     """(rows inserted, ids claimed); a replay the offset fence missed re-runs the replay-safe statement."""
-    cur.execute("SAVEPOINT plain")
     try:
-        cur.execute(sql.INSERT_FROM_STAGING)
+        cur.execute("SAVEPOINT plain;" + sql.INSERT_FROM_STAGING)  # one round trip; released with "rows"
     except psycopg2.errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT plain")
-        cur.execute(sql.INSERT_FROM_STAGING_REPLAY_SAFE)
-    row = cur.fetchone()
-    cur.execute("RELEASE SAVEPOINT plain")
-    return row[0], row[1]
+        cur.execute("ROLLBACK TO SAVEPOINT plain;" + sql.INSERT_FROM_STAGING_REPLAY_SAFE)
+    inserted, claimed = cur.fetchone()
+    return inserted, claimed
 
 
 def _error_text(exc: Exception) -> str:
