@@ -37,8 +37,7 @@ def postgres_server(stack_dir: Path) -> Iterator[PostgresServer]:
     try:
         yield server.start()
     finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+        server.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -34,3 +36,10 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, interval_s
             return value
         time.sleep(interval_s)
     raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    """Run `iot-platform ARGS` as a subprocess with exactly this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "iot_platform.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )

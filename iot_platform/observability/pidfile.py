@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from iot_platform.observability.lifecycle import pid_alive
+
 
 def pidfile_path(home: Path, name: str) -> Path:
     return home / "run" / f"{name}.pid"
@@ -20,10 +22,9 @@ def read_live_pid(home: Path, name: str) -> int | None:
     """The pid in the service's pid file if that process is alive, else None."""
     try:
         pid = int(pidfile_path(home, name).read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if pid_alive(pid) else None
 
 
 @contextlib.contextmanager

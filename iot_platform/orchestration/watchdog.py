@@ -11,7 +11,6 @@ backoff (10 s doubling to 5 min) instead of flooding the run history.
 To stop a service: turn this sensor off, then terminate the service's run.
 """
 
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from iot_platform.observability.lifecycle import pid_alive
 from iot_platform.orchestration.services import SERVICE_JOBS, SERVICES, SERVICE_TAG, WORKER_HOST_TAG, WORKER_PID_TAG
 
 ACTIVE = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "SUSPENDED"})
@@ -77,16 +77,6 @@ def decide(runs: Sequence[RunView], now: float, host: str, pid_alive: Callable[[
     if quick and finished[0].end_time is not None and now - finished[0].end_time < wait:
         return Decision(False, f"{quick} quick failure(s) in a row: next launch in {wait - (now - finished[0].end_time):.0f} s", dead)
     return Decision(True, "no active run" + (f" ({len(dead)} run(s) with a dead worker)" if dead else ""), dead)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from iot_platform.settings import Settings
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, wait_until
 

@@ -160,6 +160,15 @@ class PostgresServer:
     def kill(self) -> None:
         self.stop(mode="immediate")
 
+    def destroy(self) -> None:
+        """Stop the server and delete its cluster, also where it lives outside ``workdir`` (as root)."""
+        self.kill()
+        holder = self.data_dir.parent
+        shutil.rmtree(self.data_dir if holder.is_relative_to(self.workdir) else holder, ignore_errors=True)
+        link = self.workdir / "pgdata"
+        if link.is_symlink():
+            link.unlink()
+
 
 def _reachable_by(path: Path, account: RunAs) -> bool:
     """Every ancestor of ``path`` lets ``account`` traverse it (o+x, or owned by it)."""

@@ -9,7 +9,6 @@ run as real ``iot-platform`` subprocesses in sessions of their own, so a SIGKILL
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -71,17 +70,12 @@ class PrivateStack:
             lambda: self.kafka.resume(),
             lambda: self.kafka.kill(),
             lambda: self.mosquitto.kill(),
-            lambda: self.postgres.stop(mode="immediate"),
+            lambda: self.postgres.destroy(),
             lambda: self.kafka_tcp and self.kafka_tcp.stop(),
             lambda: self.pg_tcp and self.pg_tcp.stop(),
         ):
             with contextlib.suppress(Exception):
                 action()
-        # As root the cluster lives in a world-traversable temporary directory outside ``root``.
-        with contextlib.suppress(Exception):
-            holder = self.postgres.data_dir.parent
-            if not holder.is_relative_to(self.root):
-                shutil.rmtree(holder, ignore_errors=True)
 
     def settings(self, home: Path) -> Settings:
         """Settings isolated like the ``settings`` fixture: own topics, group, topic namespace, database."""

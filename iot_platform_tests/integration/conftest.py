@@ -9,21 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from iot_platform.observability.pidfile import read_live_pid
 from iot_platform.stack.ports import free_port
+from iot_platform.stack.postgres import PostgresServer
 from iot_platform.stack.process import pid_alive
-
-
-def run_cli(env: dict[str, str], *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iot_platform.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+from iot_platform_tests.helpers import run_cli
 
 
 @pytest.fixture(scope="session")
@@ -55,5 +49,7 @@ def dev_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         services = {name: pid for name in ("bridge", "consumer") if (pid := read_live_pid(home, name))}
         for pid in services.values():
             os.kill(pid, signal.SIGKILL)
+        # As root the cluster may live outside IOT_HOME (pytest's temp dirs are private): delete it.
+        PostgresServer(home / "postgres", int(env["IOT_PG_PORT"])).destroy()
         assert down.returncode == 0, down.stderr
         assert not leftovers and not services, f"dev down left processes alive: {leftovers} {services}"

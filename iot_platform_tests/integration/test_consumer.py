@@ -8,9 +8,7 @@ Records are produced here with the bridge's envelope headers; the consumer runs 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -243,8 +241,7 @@ def private_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     try:
         yield server.start()
     finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+        server.destroy()
 
 
 def test_postgres_stopped_30s_mid_stream(settings: Settings, private_postgres: PostgresServer, tmp_path: Path) -> None:
