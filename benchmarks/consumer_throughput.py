@@ -74,20 +74,27 @@ def produce(settings: Settings, records: int, with_msg_id: bool) -> dict[int, in
     return ends
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (0 when it is gone)."""
+def _cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` (0 when it is gone), plus its reaped children's if asked."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    used = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped_children else 0)
+    return used / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy (not idle or waiting for I/O) since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _tree_cpu_seconds(root: int | None) -> float:
-    """CPU seconds of ``root`` and its live children (PostgreSQL's postmaster and its backends)."""
+    """CPU seconds of ``root`` and its children, live or exited (PostgreSQL: autovacuum workers come and go)."""
     if not root:
         return 0.0
-    total = _cpu_seconds(root)
+    total = _cpu_seconds(root, reaped_children=True)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
@@ -138,7 +145,8 @@ def main() -> int:
             process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "consumer"], env=env, stdout=log, stderr=log)
         stack.callback(process.wait, 20)
         stack.callback(process.terminate)
-        cpu_start: tuple[float, float, float] | None = None
+        cpu_start: tuple[float, ...] | None = None
+        backends: list[int] = []
         first_at = first_count = None
         poll = connect(settings, autocommit=True)
         stack.callback(poll.close)
@@ -148,7 +156,11 @@ def main() -> int:
             now = time.monotonic()
             if total and first_at is None:
                 first_at, first_count = now, total
-                cpu_start = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid))
+                with poll.cursor() as cur:  # the consumer's own backend(s), to tell them from autovacuum & co
+                    cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'iot-platform' AND pid <> pg_backend_pid()")
+                    backends = [pid for (pid,) in cur.fetchall()]
+                cpu_start = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid),
+                             sum(_cpu_seconds(pid) for pid in backends), _machine_busy_seconds())
                 if args.profile:  # attached now, so the profile covers the measured window, not startup
                     spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record",
                                             "--pid", str(process.pid), "--idle", "--threads", "--rate", "100", "--format",
@@ -163,8 +175,9 @@ def main() -> int:
             raise SystemExit("consumer did not finish in 300 s")
         elapsed = now - first_at
         rows = total - first_count
-        cpu_end = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid))
-        consumer_cpu, postgres_cpu, kafka_cpu = (end - start for end, start in zip(cpu_end, cpu_start or cpu_end))
+        cpu_end = (_cpu_seconds(process.pid), _tree_cpu_seconds(postgres.pid), _tree_cpu_seconds(kafka.pid),
+                   sum(_cpu_seconds(pid) for pid in backends), _machine_busy_seconds())
+        consumer_cpu, postgres_cpu, kafka_cpu, backend_cpu, machine_cpu = (end - start for end, start in zip(cpu_end, cpu_start or cpu_end))
         conn = connect(settings)
         with conn.cursor() as cur:
             cur.execute("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM iot.messages")
@@ -172,7 +185,9 @@ def main() -> int:
         conn.close()
         print(f"stored {stored:,} rows ({distinct:,} distinct), batch size {args.batch_size}, msg_id={'no' if args.no_msg_id else 'yes'}")
         print(f"sustained: {rows:,} rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s (first stored batch to last)")
-        print(f"cpu in that window: consumer {consumer_cpu:.2f} s, postgres {postgres_cpu:.2f} s, kafka {kafka_cpu:.2f} s; "
+        print(f"cpu in that window: consumer {consumer_cpu:.2f} s, postgres {postgres_cpu:.2f} s (the consumer's backend "
+              f"{backend_cpu:.2f} s), kafka {kafka_cpu:.2f} s; whole machine {machine_cpu / elapsed:.2f} of "
+              f"{os.cpu_count()} cores busy; "
               f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

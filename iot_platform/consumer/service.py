@@ -41,6 +41,9 @@ from iot_platform.settings import Settings
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
 
 log = logging.getLogger(__name__)
+# Records per consume() call: large enough to amortise the call, small enough to notice between calls
+# that the database thread has finished its batch.
+_CONSUME_CHUNK = 2_000
 
 
 def kafka_config(settings: Settings) -> dict[str, Any]:
@@ -149,9 +152,9 @@ class ConsumerService:
         # self._pending, not a local alias: a revocation inside consume() replaces the list.
         while len(self._pending) < size and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for message in consumer.consume(min(size - len(self._pending), 10_000), timeout=min(remaining, 1.0)):
+            if remaining <= 0 or (len(self._pending) >= size // 2 and self._database_idle()):
+                break  # half a batch is ready and the database thread would wait for it: hand it over now
+            for message in consumer.consume(min(size - len(self._pending), _CONSUME_CHUNK), timeout=min(remaining, 1.0)):
                 if message.error() is not None:
                     self._kafka_error(message.error())
                     continue
@@ -162,6 +165,9 @@ class ConsumerService:
                 kind, timestamp_ms = message.timestamp()
                 self._pending.append(classify(topic, partition, offset, message.headers(), message.value(), timestamp_ms if kind else None))
         self.metrics.record_consumed(consumed)
+
+    def _database_idle(self) -> bool:
+        return self._in_flight is not None and self._in_flight.attempt.done()
 
     def _kafka_error(self, error: KafkaError) -> None:
         if error.fatal():

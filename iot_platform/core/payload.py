@@ -43,6 +43,16 @@ def _reject_constant(name: str) -> Any:
 
 # One decoder for every payload: json.loads(..., parse_constant=...) builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_SCAN = _DECODER.scan_once
+
+
+def _parse(text: str) -> Any:
+    """``_DECODER.decode(text)``; a document without surrounding whitespace skips its two regex passes."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:  # leading whitespace, or no JSON value at all: the full rules decide
+        return _DECODER.decode(text)
+    return value if end == len(text) else _DECODER.decode(text)
 
 
 def _jsonb_safe_string(text: str) -> bool:
@@ -73,7 +83,7 @@ def decode_json(payload: bytes) -> tuple[Any, str | None] | None:
     """
     try:
         text = payload.decode("utf-8")
-        value = _DECODER.decode(text)
+        value = _parse(text)
     except (ValueError, RecursionError):
         return None
     # Such strings can only come from escapes: skip the walk for the common payload without any.

@@ -158,3 +158,21 @@ def test_json_documents_round_trip(document: object) -> None:
 def test_identifier(value: object, expected: str | None) -> None:
     """Identifiers that PostgreSQL text can hold, or None."""
     assert identifier(value) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a": 1}', ' {"a": 1}', '{"a": 1}\n', "\t[1, 2] ", '{"a": 1} x', '{"a": 1}{}', "1 2", "", "  ", "[1, NaN]", '"s"', "-0.5e3"],
+)
+def test_decoder_fast_path_agrees_with_json_loads(text: str) -> None:
+    """Whitespace around a document, extra data after it, or none at all: decode_json accepts exactly
+    what json.loads (NaN/Infinity refused) accepts, and returns the same value."""
+    def reject(name: str) -> object:
+        raise ValueError(name)
+
+    try:
+        expected: object = json.loads(text, parse_constant=reject)
+    except ValueError:
+        expected = None
+    decoded = decode_json(text.encode())
+    assert (None if decoded is None else decoded[0]) == expected
