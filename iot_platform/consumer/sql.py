@@ -21,8 +21,8 @@ COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
 
 # First occurrence of each (tenant, message id) in the batch (sorted bytewise: equality is the same
 # under any deterministic collation, and "C" skips strcoll) claims the id unless an earlier batch
-# did; rows without an id, or whose id was claimed by this very record, become messages. Returns
-# (rows inserted, ids claimed). The writer fences replays before this statement (offsets below the
+# did; rows without an id, or whose id was claimed by this very record, become messages (the
+# statement's row count). The writer fences replays before this statement (offsets below the
 # stored position never reach it), so the insert into iot.messages normally runs without ON CONFLICT
 # (speculative insertion costs ~8% of the server's CPU per batch); a unique violation there means a
 # replay the fence did not catch, and the statement is re-run with ON CONFLICT DO NOTHING.
@@ -37,26 +37,23 @@ WITH firsts AS (
     SELECT tenant_id, message_id, received_at, kafka_partition, kafka_offset FROM firsts
     ON CONFLICT DO NOTHING
     RETURNING kafka_partition, kafka_offset
-), inserted AS (
-    INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id,
-                              device_id, device_ts, received_at, kafka_partition, kafka_offset)
-    SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload,
-           CASE WHEN s.payload_is_json THEN convert_from(s.payload, 'UTF8')::jsonb END, s.message_id,
-           s.device_id, s.device_ts, s.received_at, s.kafka_partition, s.kafka_offset
-    FROM ingest_staging s
-    WHERE s.message_id IS NULL
-       OR EXISTS (SELECT 1 FROM claimed c WHERE c.kafka_partition = s.kafka_partition AND c.kafka_offset = s.kafka_offset)
-    {on_conflict}
-    RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM claimed)
+INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id,
+                          device_id, device_ts, received_at, kafka_partition, kafka_offset)
+SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload,
+       CASE WHEN s.payload_is_json THEN convert_from(s.payload, 'UTF8')::jsonb END, s.message_id,
+       s.device_id, s.device_ts, s.received_at, s.kafka_partition, s.kafka_offset
+FROM ingest_staging s
+WHERE s.message_id IS NULL
+   OR EXISTS (SELECT 1 FROM claimed c WHERE c.kafka_partition = s.kafka_partition AND c.kafka_offset = s.kafka_offset)
+{on_conflict}
 """
 INSERT_FROM_STAGING = _INSERT_FROM_STAGING.format(on_conflict="")
 INSERT_FROM_STAGING_REPLAY_SAFE = _INSERT_FROM_STAGING.format(on_conflict="ON CONFLICT DO NOTHING")
 
-# Run only when fewer ids were claimed than rows carry one. Every claim of this batch is in
-# iot.message_ids by now, so a row with an id is a copy unless the claim there is its own (a claim
-# with its own coordinates from an earlier batch means a replay, not a copy).
+# Run only when fewer rows were inserted than staged (some row is a copy, or a replay). Every claim
+# of this batch is in iot.message_ids by now, so a row with an id is a copy unless the claim there is
+# its own (a claim with its own coordinates from an earlier batch means a replay, not a copy).
 INSERT_DUPLICATES = """
 INSERT INTO iot.duplicate_messages (kafka_partition, kafka_offset, tenant_id, message_id, received_at,
                                     first_kafka_partition, first_kafka_offset)

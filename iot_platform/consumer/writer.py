@@ -166,9 +166,9 @@ class BatchWriter:
         cur.execute("SAVEPOINT rows")
         try:
             cur.copy_expert(sql.COPY_STAGING, io.BytesIO(data), size=1 << 20)
-            inserted, claimed = _insert_from_staging(cur)
+            inserted = _insert_from_staging(cur)
             duplicates = 0
-            if claimed < sum(1 for r in rows if r.message_id is not None):  # some row is a copy (or a replay)
+            if inserted < len(rows):  # some row is a copy (or a replay)
                 cur.execute(sql.INSERT_DUPLICATES)
                 duplicates = cur.rowcount
             if not top_level:  # later bisection steps reuse the staging table in this transaction
@@ -206,14 +206,13 @@ def _days(epoch_days: set[int]) -> set[dt.date]:
     return {_EPOCH_DAY + dt.timedelta(days=d) for d in epoch_days}
 
 
-def _insert_from_staging(cur: psycopg2.extensions.cursor) -> tuple[int, int]:
-    """(rows inserted, ids claimed); a replay the offset fence missed re-runs the replay-safe statement."""
+def _insert_from_staging(cur: psycopg2.extensions.cursor) -> int:
+    """Rows inserted; a replay the offset fence missed re-runs the replay-safe statement."""
     try:
         cur.execute("SAVEPOINT plain;" + sql.INSERT_FROM_STAGING)  # one round trip; released with "rows"
     except psycopg2.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT plain;" + sql.INSERT_FROM_STAGING_REPLAY_SAFE)
-    inserted, claimed = cur.fetchone()
-    return inserted, claimed
+    return cur.rowcount
 
 
 def _error_text(exc: Exception) -> str:
