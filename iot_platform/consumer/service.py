@@ -10,13 +10,16 @@ an offset; the consumer stays in its group meanwhile (up to ``consumer_max_poll_
 On SIGTERM/SIGINT the batch in hand is written (or abandoned if the database is down), then the
 consumer leaves its group and exits 0.
 
-Threads: the main thread reads and classifies Kafka records; one database thread (write_thread.py)
-writes. Batch N+1 is collected while batch N is written; N+1 is handed over only once N has
-committed (at most one batch in flight, batches commit in order) and Kafka's commit of N follows.
-On revocation the callback waits for the batch in flight before returning: if it committed, its
-offsets are committed to Kafka; if it failed, the rows of the revoked partitions are dropped (their
-next owner starts from the database) and the rest is retried. Offsets on assignment are read on the
-database thread, after the batch in flight, so they include it.
+Threads: the main thread reads and classifies Kafka records and formats each batch's COPY text; one
+database thread (write_thread.py) writes. Batch N+1 is collected while batch N is written (handed
+over early, from half a batch, when the database thread would otherwise wait); N+1 is submitted only
+once N has committed (at most one batch in flight, batches commit in Kafka order), and Kafka's
+commit of N follows N's database commit. A batch abandoned at shutdown (database down) is the last:
+nothing read after it is written, or its offsets would skip the abandoned records. On revocation
+the callback waits for the batch in flight before returning: if it committed, its offsets are
+committed to Kafka; if it failed, the rows of the revoked partitions are dropped (their next owner
+starts from the database) and the rest is retried. Offsets on assignment are read on the database
+thread, after the batch in flight, so they include it.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class ConsumerService:
         self.writer = BatchWriter(settings)
         self._db = WriteThread(self.writer)
         self._in_flight: InFlight | None = None
+        self._abandoned = False  # a batch was given up (only when stopping): nothing after it may be written
         self.positions = Positions()
         self._classify = Classifier(messages_topic=settings.kafka_topic, message_id_field=settings.message_id_field)
         self._stopping = threading.Event()
@@ -183,11 +187,17 @@ class ConsumerService:
         return rows, _batch(rows, self.settings.kafka_topic)
 
     def _submit(self, ready: tuple[list[MessageRow | DeadLetterRow], Batch] | None) -> None:
-        """Hand a prepared batch to the database thread; the batch before it has committed or been abandoned."""
-        assert self._in_flight is None
-        if ready is not None:
-            rows, batch = ready
-            self._in_flight = InFlight(rows, batch, self._db.submit(batch))
+        """Hand a prepared batch to the database thread once the batch before it has committed.
+
+        After an abandoned batch nothing more is written: its offsets would skip the abandoned records.
+        """
+        if ready is None:
+            return
+        rows, batch = ready
+        if self._abandoned:
+            log.warning("stopping after an unwritten batch; the next one is read again on restart too", extra={"records": len(rows)})
+            return
+        self._in_flight = InFlight(rows, batch, self._db.submit(batch))
 
     def _finish_in_flight(self, consumer: Consumer) -> None:
         """Wait for the batch in flight; retry it until it commits or we stop; then commit to Kafka."""
@@ -201,7 +211,7 @@ class ConsumerService:
                 self._stopping.wait(0.1)
             elif self._stopping.is_set():
                 log.warning("stopping with an unwritten batch; it is read again on restart", extra={"records": len(flight.rows)})
-                self._in_flight = None
+                self._in_flight, self._abandoned = None, True
                 return
             else:
                 self._stopping.wait(next(delays))

@@ -86,3 +86,34 @@ def test_batch_next_offsets_per_topic_partition() -> None:
     batch = _batch(rows, "msgs")
     assert batch.next_offsets == {("msgs", 2): 10, ("dlq", 0): 5}
     assert len(batch.messages) == 2 and len(batch.dead_letters) == 1
+
+
+def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Stopping while the database is down abandons the batch in flight; the batch prepared behind it
+    is not written either (its stored offsets would skip the abandoned records for good)."""
+    from concurrent.futures import Future
+
+    from iot_platform.consumer.service import ConsumerService, InFlight
+    from iot_platform.settings import Settings
+
+    class DatabaseDown:
+        def __init__(self) -> None:
+            self.submitted: list[object] = []
+
+        def submit(self, batch: object) -> Future:
+            self.submitted.append(batch)
+            attempt: Future = Future()
+            attempt.set_exception(psycopg2.OperationalError("database down"))
+            return attempt
+
+    service = ConsumerService(Settings(home=tmp_path, kafka_topic="msgs", consumer_metrics_port=0))
+    database = DatabaseDown()
+    service._db = database  # type: ignore[assignment]
+    first = [MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 0)]
+    service._in_flight = InFlight(first, _batch(first, "msgs"), database.submit(_batch(first, "msgs")))
+    service._pending = [MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 1)]
+    service.stop()
+    ready = service._prepare()
+    service._finish_in_flight(consumer=None)  # type: ignore[arg-type]
+    service._submit(ready)
+    assert len(database.submitted) == 1 and service._in_flight is None
