@@ -34,8 +34,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from iot_platform.consumer import copy_format
 from iot_platform.consumer.metrics import ConsumerMetrics
+from iot_platform.consumer.pending import PendingBatch, make_batch, row_key
 from iot_platform.consumer.positions import Positions
 from iot_platform.consumer.records import Classifier, DeadLetterRow, MessageRow
 from iot_platform.consumer.write_thread import WriteThread
@@ -85,7 +85,7 @@ class ConsumerService:
         self.positions = Positions()
         self._classify = Classifier(messages_topic=settings.kafka_topic, message_id_field=settings.message_id_field)
         self._stopping = threading.Event()
-        self._pending: list[MessageRow | DeadLetterRow] = []
+        self._pending = PendingBatch(settings.kafka_topic)
         self._consumer: Consumer | None = None
         self._last_heartbeat = self._last_lag_update = time.monotonic()
         self._heartbeat_inserted = 0
@@ -112,7 +112,7 @@ class ConsumerService:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._settle_in_flight(consumer, gone)
         # Unwritten records of a revoked partition are dropped: its next owner starts from the database.
-        self._pending = [r for r in self._pending if _key(r, self.settings.kafka_topic) not in gone]
+        self._pending.drop(gone)
         for topic, partition in gone:
             self.positions.revoke((topic, partition))
             self.metrics.forget_lag(topic, partition)
@@ -153,7 +153,6 @@ class ConsumerService:
         deadline = time.monotonic() + self.settings.consumer_batch_max_wait_ms / 1000
         consumed: Counter[str] = Counter()
         classify, accept = self._classify, self.positions.accept
-        # self._pending, not a local alias: a revocation inside consume() replaces the list.
         while len(self._pending) < size and not self._stopping.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (len(self._pending) >= size // 2 and self._database_idle()):
@@ -180,11 +179,8 @@ class ConsumerService:
             log.warning("kafka error", extra={"error": str(error)})
 
     def _prepare(self) -> tuple[list[MessageRow | DeadLetterRow], Batch] | None:
-        """Take the pending records as a batch (COPY text formatted here, on the reading thread)."""
-        if not self._pending:
-            return None
-        rows, self._pending = self._pending, []
-        return rows, _batch(rows, self.settings.kafka_topic)
+        """Take the pending records as a batch (its COPY text was formatted as they arrived)."""
+        return self._pending.take()
 
     def _submit(self, ready: tuple[list[MessageRow | DeadLetterRow], Batch] | None) -> None:
         """Hand a prepared batch to the database thread once the batch before it has committed.
@@ -222,12 +218,12 @@ class ConsumerService:
         flight = self._in_flight
         if flight is None or self._wait(consumer, flight) is None:
             return
-        kept = [r for r in flight.rows if _key(r, self.settings.kafka_topic) not in revoked]
+        kept = [r for r in flight.rows if row_key(r, self.settings.kafka_topic) not in revoked]
         log.warning("batch in flight failed during a rebalance; revoked partitions' records dropped",
                     extra={"dropped": len(flight.rows) - len(kept), "kept": len(kept)})
         self._in_flight = None
         if kept:
-            batch = _batch(kept, self.settings.kafka_topic)
+            batch = make_batch(kept, self.settings.kafka_topic)
             self._in_flight = InFlight(kept, batch, self._db.submit(batch))
 
     def _wait(self, consumer: Consumer, flight: InFlight) -> Exception | None:
@@ -285,22 +281,3 @@ class ConsumerService:
         log.info("consumer heartbeat", extra={**vars(totals), "rows_per_s": round(rate, 1), "lag": self._lag_total,
                                               "assigned": len(self.positions.assigned()), "position_gaps": self.positions.gaps})
         self._last_heartbeat, self._heartbeat_inserted = now, totals.inserted
-
-
-def _key(row: MessageRow | DeadLetterRow, messages_topic: str) -> tuple[str, int]:
-    if isinstance(row, MessageRow):
-        return (messages_topic, row.kafka_partition)
-    return (row.kafka_topic, row.kafka_partition)
-
-
-def _batch(pending: list[MessageRow | DeadLetterRow], messages_topic: str) -> Batch:
-    """The batch of ``pending``, its COPY text formatted here, on the reading thread."""
-    messages = [r for r in pending if isinstance(r, MessageRow)]
-    letters = [r for r in pending if isinstance(r, DeadLetterRow)]
-    next_offsets: dict[tuple[str, int], int] = {}
-    for row in pending:
-        key = _key(row, messages_topic)
-        offset = row.kafka_offset + 1
-        if offset > next_offsets.get(key, -1):
-            next_offsets[key] = offset
-    return Batch(messages, letters, next_offsets, copy_format.copy_data(messages))

@@ -8,7 +8,7 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from iot_platform.consumer.service import _batch
+from iot_platform.consumer.pending import PendingBatch, make_batch
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
 
@@ -83,7 +83,7 @@ def test_batch_next_offsets_per_topic_partition() -> None:
     m = MessageRow("t", "p", "x", b"", None, None, None, None, 0, 2, 0)
     rows = [m, m.__class__(**{**{f: getattr(m, f) for f in m.__slots__}, "kafka_offset": 9}),
             DeadLetterRow("r", "bridge", "x", None, b"", 0, "dlq", 0, 4)]
-    batch = _batch(rows, "msgs")
+    batch = make_batch(rows, "msgs")
     assert batch.next_offsets == {("msgs", 2): 10, ("dlq", 0): 5}
     assert len(batch.messages) == 2 and len(batch.dead_letters) == 1
 
@@ -110,10 +110,28 @@ def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type:
     database = DatabaseDown()
     service._db = database  # type: ignore[assignment]
     first = [MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 0)]
-    service._in_flight = InFlight(first, _batch(first, "msgs"), database.submit(_batch(first, "msgs")))
-    service._pending = [MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 1)]
+    service._in_flight = InFlight(first, make_batch(first, "msgs"), database.submit(make_batch(first, "msgs")))
+    service._pending.append(MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 1))
     service.stop()
     ready = service._prepare()
     service._finish_in_flight(consumer=None)  # type: ignore[arg-type]
     service._submit(ready)
     assert len(database.submitted) == 1 and service._in_flight is None
+
+
+def test_pending_batch_formats_as_rows_arrive_and_drops_revoked_partitions() -> None:
+    """The batch taken from PendingBatch carries exactly the COPY text of its message rows (formatted
+    on arrival), also after the rows of a revoked partition were dropped; taking leaves nothing."""
+    from iot_platform.consumer.copy_format import copy_data
+
+    pending = PendingBatch("msgs")
+    rows = [MessageRow("t", "p", "x", bytes([i]), None, None, None, None, 0, i % 2, i) for i in range(6)]
+    for row in [*rows, DeadLetterRow("r", "bridge", "x", None, b"", 0, "dlq", 0, 4)]:
+        pending.append(row)
+    pending.drop({("msgs", 1)})
+    taken = pending.take()
+    assert taken is not None and len(pending) == 0 and pending.take() is None
+    kept, batch = taken
+    assert batch.messages == rows[0::2] and len(kept) == 4
+    assert batch.messages_copy == copy_data(rows[0::2])
+    assert batch.next_offsets == {("msgs", 0): 5, ("dlq", 0): 5}

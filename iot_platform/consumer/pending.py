@@ -1,0 +1,68 @@
+"""Records read from Kafka but not yet handed to the database thread (pure: no Kafka or database).
+
+Each message row's COPY line is formatted as the row arrives, on the reading thread, so handing a
+batch over costs a join instead of a formatting pass that the database thread would wait for.
+"""
+
+from __future__ import annotations
+
+from iot_platform.consumer.copy_format import copy_line
+from iot_platform.consumer.positions import TopicPartitionKey
+from iot_platform.consumer.records import DeadLetterRow, MessageRow
+from iot_platform.consumer.writer import Batch
+
+Row = MessageRow | DeadLetterRow
+
+
+def row_key(row: Row, messages_topic: str) -> TopicPartitionKey:
+    if isinstance(row, MessageRow):
+        return (messages_topic, row.kafka_partition)
+    return (row.kafka_topic, row.kafka_partition)
+
+
+def make_batch(rows: list[Row], messages_topic: str, copy_lines: list[str] | None = None) -> Batch:
+    """The batch of ``rows``: next offset per partition = its highest offset + 1; COPY text included
+    (``copy_lines``: the message rows' lines, in order, when already formatted)."""
+    messages = [r for r in rows if isinstance(r, MessageRow)]
+    letters = [r for r in rows if isinstance(r, DeadLetterRow)]
+    next_offsets: dict[TopicPartitionKey, int] = {}
+    for row in rows:
+        key = row_key(row, messages_topic)
+        offset = row.kafka_offset + 1
+        if offset > next_offsets.get(key, -1):
+            next_offsets[key] = offset
+    lines = copy_lines if copy_lines is not None else [copy_line(r) for r in messages]
+    return Batch(messages, letters, next_offsets, "".join(lines).encode())
+
+
+class PendingBatch:
+    def __init__(self, messages_topic: str) -> None:
+        self._messages_topic = messages_topic
+        self._rows: list[Row] = []
+        self._lines: list[str] = []  # COPY lines of the message rows among self._rows, in order
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, row: Row) -> None:
+        self._rows.append(row)
+        if isinstance(row, MessageRow):
+            self._lines.append(copy_line(row))
+
+    def drop(self, partitions: set[TopicPartitionKey]) -> None:
+        """Forget the records of ``partitions`` (revoked: their next owner reads them again)."""
+        kept = [(r, row_key(r, self._messages_topic)) for r in self._rows]
+        if all(key not in partitions for _, key in kept):
+            return
+        self._rows, self._lines = [], []
+        for row, key in kept:
+            if key not in partitions:
+                self.append(row)
+
+    def take(self) -> tuple[list[Row], Batch] | None:
+        """The pending records and their batch, leaving nothing pending (None when there is none)."""
+        if not self._rows:
+            return None
+        rows, lines = self._rows, self._lines
+        self._rows, self._lines = [], []
+        return rows, make_batch(rows, self._messages_topic, lines)
