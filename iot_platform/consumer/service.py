@@ -44,9 +44,10 @@ from iot_platform.settings import Settings
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
 
 log = logging.getLogger(__name__)
-# Records per consume() call: large enough to amortise the call, small enough to notice between calls
-# that the database thread has finished its batch.
-_CONSUME_CHUNK = 2_000
+# Records per consume() call: small enough to notice soon that the database thread has finished its
+# batch (2,000: it idled ~10% of the time; 500: +7% rows/s; 200: slower again), large enough to
+# amortise the call.
+_CONSUME_CHUNK = 500
 
 
 def kafka_config(settings: Settings) -> dict[str, Any]:
