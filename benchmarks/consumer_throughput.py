@@ -104,6 +104,14 @@ def _tree_cpu_seconds(root: int | None) -> float:
     return total
 
 
+def _logged_batches(log_path: Path) -> int:
+    """Batches the consumer wrote, from its "consumer stopped" log line (0 when absent)."""
+    for line in reversed(log_path.read_text().splitlines()):
+        if '"consumer stopped"' in line:
+            return int(json.loads(line).get("totals", {}).get("batches", 0))
+    return 0
+
+
 def stored_positions(conn: psycopg2.extensions.connection, topic: str) -> tuple[dict[int, int], int]:
     # One long-lived autocommit connection: a new connection per poll (fork + SCRAM) cost the server
     # and this process several ms of CPU 20 times a second, taken from the consumer being measured.
@@ -183,7 +191,11 @@ def main() -> int:
             cur.execute("SELECT count(*), count(DISTINCT (kafka_partition, kafka_offset)) FROM iot.messages")
             stored, distinct = cur.fetchone()
         conn.close()
-        print(f"stored {stored:,} rows ({distinct:,} distinct), batch size {args.batch_size}, msg_id={'no' if args.no_msg_id else 'yes'}")
+        process.terminate()  # its last log line holds the totals: how many transactions stored the rows
+        process.wait(20)
+        batches = _logged_batches(log_path)
+        print(f"stored {stored:,} rows ({distinct:,} distinct) in {batches} transactions (at most {args.batch_size:,} records "
+              f"each, mean {stored / max(batches, 1):,.0f}), msg_id={'no' if args.no_msg_id else 'yes'}")
         print(f"sustained: {rows:,} rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s (first stored batch to last)")
         print(f"cpu in that window: consumer {consumer_cpu:.2f} s, postgres {postgres_cpu:.2f} s (the consumer's backend "
               f"{backend_cpu:.2f} s), kafka {kafka_cpu:.2f} s; whole machine {machine_cpu / elapsed:.2f} of "
