@@ -259,7 +259,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=200_000, help="max mode: backlog size")
     parser.add_argument("--devices", type=int, default=50, help="devices per project (5 tenants x 4 projects)")
     parser.add_argument("--publishers", type=int, default=0, help="publisher processes (default: 1, or 2 above 5,000 msg/s)")
-    parser.add_argument("--batch-wait-ms", type=int, default=500, help="the consumer's IOT_CONSUMER_BATCH_MAX_WAIT_MS")
+    parser.add_argument("--batch-wait-ms", type=int, default=Settings().consumer_batch_max_wait_ms, help="the consumer's IOT_CONSUMER_BATCH_MAX_WAIT_MS")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample the bridge and consumer with py-spy (pip install -e '.[profile]') into DIR")
