@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     # Consumer.
     consumer_batch_size: int = Field(default=10_000, gt=0, description="Records per database transaction, at most.")
     consumer_batch_max_wait_ms: int = Field(default=100, gt=0, description="Longest wait to fill a batch (bounds latency at low rates).")
+    fault_exit_after_commits: int = Field(default=0, ge=0, description="Testing only: the consumer exits right after its Nth database commit, before the Kafka commit (0: never).")
     message_id_field: str = Field(default="msg_id", description="JSON field that deduplicates messages produced twice.")
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, description="Kafka group session timeout: how long a crashed consumer's partitions wait before reassignment.")
     consumer_max_poll_interval_ms: int = Field(default=600_000, ge=10_000, description="Longest database outage a consumer rides out inside the group before it is treated as stuck.")

@@ -25,6 +25,7 @@ thread, after the batch in flight, so they include it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -83,6 +84,7 @@ class ConsumerService:
         self._db = WriteThread(self.writer)
         self._in_flight: InFlight | None = None
         self._abandoned = False  # a batch was given up (only when stopping): nothing after it may be written
+        self._database_commits = 0
         self.positions = Positions()
         self._classify = Classifier(messages_topic=settings.kafka_topic, message_id_field=settings.message_id_field)
         self._stopping = threading.Event()
@@ -242,6 +244,11 @@ class ConsumerService:
             return exc
         self._in_flight = None
         self.metrics.record_batch(result, len(flight.rows), seconds)
+        self._database_commits += 1
+        if self._database_commits == self.settings.fault_exit_after_commits:
+            # Fault injection for the test suite: die like a SIGKILL between the two commits.
+            log.warning("fault injection: exiting after a database commit, before the Kafka commit")
+            os._exit(137)
         self._commit_to_kafka(consumer, flight.batch.next_offsets)
         return None
 

@@ -98,22 +98,10 @@ class PrivateStack:
             mqtt_topic_grammar=f"t{tag}/mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}[/...]",
             pg_database=f"iot_fault_{tag}",
         )
-        _ensure_topics_with_retry(settings)
+        ensure_topics(settings)
         ensure_platform_role_and_databases(self.postgres.admin_dsn, settings, settings.pg_database)
         apply_migrations(settings)
         return settings
-
-
-def _ensure_topics_with_retry(settings: Settings, attempts: int = 5) -> None:
-    # Right after CreateTopics the broker may still answer UNKNOWN_TOPIC_OR_PART to DescribeConfigs.
-    for attempt in range(attempts):
-        try:
-            ensure_topics(settings)
-            return
-        except Exception:  # noqa: BLE001 - retried, raised on the last attempt
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
 
 
 class Service:

@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from iot_platform.devices.fleet import BAD_TOPIC, INVALID_ID, OVERSIZE
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
-from iot_platform_tests.faults.harness import Publisher, assert_invariants, fleet_spec, pipeline, settle_and_verify
+from iot_platform_tests.faults.harness import Publisher, Service, assert_invariants, fleet_spec, pipeline, settle_and_verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -60,6 +61,56 @@ def test_consumer_sigkilled_repeatedly(settings: Settings, tmp_path: Path) -> No
         report = settle_and_verify(settings, result)
     assert_invariants(report, result)
     assert consumer.starts == 5
+
+
+def test_consumer_dies_between_database_commit_and_kafka_commit(settings: Settings, tmp_path: Path) -> None:
+    """Invariant: the consumer dies right after a database commit and before its Kafka commit, three
+    times while 3,000 messages flow over 30 s (IOT_FAULT_EXIT_AFTER_COMMITS=1). Each time Kafka's committed
+    offsets trail the offsets stored with the rows, and the next consumer resumes from the stored ones:
+    nothing lost, nothing stored twice, dead letters exactly the bad messages."""
+    apply_migrations(settings)
+    with pipeline(settings, tmp_path / "logs") as (_bridge, consumer):
+        consumer.stop()
+        # Slow enough that every crashing consumer finds records it has not stored yet.
+        publisher = Publisher(settings, fleet_spec(settings, bad_fraction=0.01), count=3_000, rate=100)
+        publisher.start()
+        crashing = Service("consumer", settings, tmp_path / "logs", {"IOT_FAULT_EXIT_AFTER_COMMITS": "1"})
+        trailing = []
+        try:
+            for _ in range(3):
+                crashing.start()
+                assert crashing.process is not None
+                assert crashing.process.wait(90) == 137, crashing.log_tail()
+                stored = _stored_positions(settings)
+                committed = _kafka_committed(settings, stored)
+                trailing.append(any(committed[key] < next_offset for key, next_offset in stored.items()))
+        finally:
+            crashing.kill()
+        consumer.start()
+        result = publisher.finish()
+        report = settle_and_verify(settings, result)
+    assert trailing == [True, True, True], "a crash did not land between the two commits"
+    assert_invariants(report, result)
+
+
+def _stored_positions(settings: Settings) -> dict[tuple[str, int], int]:
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT topic, partition, next_offset FROM iot.ingest_offsets")
+            return {(topic, partition): next_offset for topic, partition, next_offset in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def _kafka_committed(settings: Settings, keys: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """The consumer group's committed offsets (-1001 where none), read without joining the group."""
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.kafka_consumer_group})
+    try:
+        partitions = reader.committed([TopicPartition(topic, partition) for topic, partition in keys], timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in partitions}
+    finally:
+        reader.close()
 
 
 def _rewind_stored_offsets(settings: Settings, total: int) -> int:
