@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,3 +290,27 @@ def assert_invariants(report: dict[str, object], result: SimulationResult, *, al
     assert report["dead_letters_by_category"].get("unmarked", 0) == 0, "a good message was dead-lettered" + context  # type: ignore[union-attr]
     if not allow_dead_letter_copies:
         assert totals["duplicate_dead_letters"] == 0, "a bad message was dead-lettered twice" + context
+
+
+def run_with_fault(
+    settings: Settings,
+    log_dir: Path,
+    fault: Callable[[], None],
+    *,
+    count: int = 4_000,
+    rate: float = 800,
+    allow_dead_letter_copies: bool = False,
+) -> None:
+    """Publish ``count`` messages at ``rate``; 1.5 s in, inject ``fault``. Both services must recover
+    without a restart, and the invariants of :func:`assert_invariants` must hold."""
+    with pipeline(settings, log_dir) as (bridge, consumer):
+        publisher = Publisher(settings, fleet_spec(settings, bad_fraction=0.01), count=count, rate=rate)
+        publisher.start()
+        time.sleep(1.5)
+        fault()
+        result = publisher.finish(timeout_s=240)
+        report = settle_and_verify(settings, result, timeout_s=180)
+        for service in (bridge, consumer):
+            assert service.alive() and service.starts == 1, f"{service.name} did not recover by itself:\n{service.log_tail()}"
+    print(f"dead letters produced twice: {report['totals']['duplicate_dead_letters']}")  # type: ignore[index]
+    assert_invariants(report, result, allow_dead_letter_copies=allow_dead_letter_copies)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from iot_platform.settings import Settings
-from iot_platform_tests.faults.harness import Publisher, PrivateStack, assert_invariants, fleet_spec, pipeline, settle_and_verify
+from iot_platform_tests.faults.harness import PrivateStack, run_with_fault
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -34,19 +34,6 @@ def settings(stack: PrivateStack, tmp_path: Path) -> Settings:
     return stack.settings(tmp_path / "home")
 
 
-def _run_with_fault(settings: Settings, tmp_path: Path, fault, *, count: int = 4_000, rate: float = 800) -> None:  # type: ignore[no-untyped-def]
-    with pipeline(settings, tmp_path / "logs") as (bridge, consumer):
-        publisher = Publisher(settings, fleet_spec(settings, bad_fraction=0.01), count=count, rate=rate)
-        publisher.start()
-        time.sleep(1.5)
-        fault()
-        result = publisher.finish(timeout_s=240)
-        report = settle_and_verify(settings, result, timeout_s=180)
-        for service in (bridge, consumer):
-            assert service.alive() and service.starts == 1, f"{service.name} did not recover by itself:\n{service.log_tail()}"
-    assert_invariants(report, result)
-
-
 def test_postgres_stopped_immediate_30s(stack: PrivateStack, settings: Settings, tmp_path: Path) -> None:
     """Invariant: PostgreSQL stopped in immediate mode (a crash: no checkpoint) for 30 s mid-stream and
     started again: the consumer retries, the rows of uncommitted batches are written again exactly once."""
@@ -56,7 +43,7 @@ def test_postgres_stopped_immediate_30s(stack: PrivateStack, settings: Settings,
         time.sleep(30)
         stack.postgres.start()
 
-    _run_with_fault(settings, tmp_path, fault, count=3_000, rate=600)
+    run_with_fault(settings, tmp_path / "logs", fault, count=3_000, rate=600)
 
 
 def test_postgres_link_cut(stack: PrivateStack, settings: Settings, tmp_path: Path) -> None:
@@ -69,7 +56,7 @@ def test_postgres_link_cut(stack: PrivateStack, settings: Settings, tmp_path: Pa
         time.sleep(5)
         stack.pg_tcp.heal()
 
-    _run_with_fault(settings, tmp_path, fault)
+    run_with_fault(settings, tmp_path / "logs", fault)
 
 
 def test_postgres_link_blackholed(stack: PrivateStack, settings: Settings, tmp_path: Path) -> None:
@@ -82,4 +69,4 @@ def test_postgres_link_blackholed(stack: PrivateStack, settings: Settings, tmp_p
         time.sleep(20)
         stack.pg_tcp.heal()
 
-    _run_with_fault(settings, tmp_path, fault, count=3_000, rate=600)
+    run_with_fault(settings, tmp_path / "logs", fault, count=3_000, rate=600)
