@@ -36,7 +36,7 @@ class ConsumerMetrics:
         self.inserted = Counter("iot_consumer_rows_inserted", "Rows inserted into iot.messages.", registry=r)
         self.duplicates = Counter(
             "iot_consumer_duplicates_skipped",
-            "Records not stored again: kind=message_id (bridge produced twice), replay (same Kafka record).",
+            "Records not stored again: kind=message_id (bridge produced twice), dead_letter_message_id (a bad message produced twice), replay (same Kafka record).",
             ["kind"], registry=r,
         )
         self.dead_lettered = Counter("iot_consumer_dead_letters", "Rows written to iot.dead_letters.", ["source"], registry=r)
@@ -61,10 +61,11 @@ class ConsumerMetrics:
         t = self.totals
         t.batches += 1
         t.inserted += result.inserted
-        t.duplicates += result.duplicates_message_id
+        t.duplicates += result.duplicates_message_id + result.duplicate_dead_letters
         t.replays_skipped += result.replays_skipped
         self.inserted.inc(result.inserted)
         self.duplicates.labels("message_id").inc(result.duplicates_message_id)
+        self.duplicates.labels("dead_letter_message_id").inc(result.duplicate_dead_letters)
         self.duplicates.labels("replay").inc(result.replays_skipped)
         self.json_dropped.inc(result.json_dropped)
         for source, count in result.dead_letters.items():

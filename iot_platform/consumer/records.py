@@ -69,6 +69,7 @@ class DeadLetterRow:
     bridge_id: str | None = None
     original_size: int | None = None
     truncated: bool = False
+    message_id: str | None = None  # bridge dead letters: deduplicates a bad message produced twice
 
 
 class EnvelopeCache:
@@ -133,7 +134,8 @@ class Classifier:
     ) -> MessageRow | DeadLetterRow:
         payload = value if value is not None else b""
         if topic != self._messages_topic:
-            return _bridge_dead_letter(KafkaRecord(topic, partition, offset, headers, value, timestamp_ms), payload)
+            record = KafkaRecord(topic, partition, offset, headers, value, timestamp_ms)
+            return _bridge_dead_letter(record, payload, payload_fields(payload, self._message_id_field)[1])
         try:
             envelope, received_at_ms = self._envelopes.decode_fields(headers)
         except EnvelopeError as exc:
@@ -178,7 +180,7 @@ def _fallback_received_at_ms(header_ms: int, record: KafkaRecord) -> int:
     return MIN_RECEIVED_AT_MS
 
 
-def _bridge_dead_letter(record: KafkaRecord, payload: bytes) -> DeadLetterRow:
+def _bridge_dead_letter(record: KafkaRecord, payload: bytes, message_id: str | None) -> DeadLetterRow:
     meta = decode_dead_letter(record.headers)
     return DeadLetterRow(
         reason=meta.reason,
@@ -193,6 +195,7 @@ def _bridge_dead_letter(record: KafkaRecord, payload: bytes) -> DeadLetterRow:
         bridge_id=meta.bridge_id or None,
         original_size=meta.original_size if meta.original_size >= 0 else None,
         truncated=meta.truncated,
+        message_id=message_id,
     )
 
 

@@ -65,11 +65,21 @@ WHERE s.message_id IS NOT NULL
 ON CONFLICT DO NOTHING
 """
 
+# Any conflict skips the row: a replayed record (its Kafka coordinates), or a later copy of a bad
+# message the bridge produced twice (its topic and message id); the writer records the latter below.
 INSERT_DEAD_LETTERS = """
 INSERT INTO iot.dead_letters (reason, source, mqtt_topic, tenant_id, payload, received_at, kafka_topic,
-                              kafka_partition, kafka_offset, bridge_id, original_size, truncated)
+                              kafka_partition, kafka_offset, bridge_id, original_size, truncated, message_id)
 VALUES %s
-ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING
+ON CONFLICT DO NOTHING
+RETURNING kafka_topic, kafka_partition, kafka_offset
+"""
+
+INSERT_DUPLICATE_DEAD_LETTERS = """
+INSERT INTO iot.duplicate_dead_letters (kafka_topic, kafka_partition, kafka_offset, mqtt_topic, message_id,
+                                        tenant_id, received_at)
+VALUES %s
+ON CONFLICT DO NOTHING
 """
 
 # One round trip: create the missing offset rows, then lock every row of the batch in key order

@@ -6,7 +6,8 @@ below the stored position are skipped, so a batch written twice (a retry after a
 outcome was lost, a zombie consumer after a rebalance) adds nothing. Rows go through COPY into a
 temporary staging table, then one INSERT (re-run with ``ON CONFLICT DO NOTHING`` should a replay
 slip past that fence); a payload message id seen before for the same tenant (``iot.message_ids``)
-turns the row into an ``iot.duplicate_messages`` entry. A row PostgreSQL rejects is isolated by
+turns the row into an ``iot.duplicate_messages`` entry; likewise a bridge dead letter whose MQTT
+topic and message id were dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is isolated by
 bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
 batch is stored. Infrastructure errors propagate after a rollback (and the connection is dropped):
 nothing of the batch, offsets included, is stored.
@@ -55,6 +56,7 @@ class WriteResult:
     replays_skipped: int = 0
     json_dropped: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)  # by source
+    duplicate_dead_letters: int = 0  # later copies of a bad message, by its message id
 
 
 class MissingPartition(Exception):
@@ -143,12 +145,25 @@ class BatchWriter:
             ahead = batch.messages_copy if len(fresh) == len(batch.messages) else None
             letters += self._store_messages(cur, fresh, result, top_level=True, data=ahead)
         if letters:
-            psycopg2.extras.execute_values(cur, sql.INSERT_DEAD_LETTERS, [_dead_letter_values(d) for d in letters], page_size=1000)
-            for d in letters:
-                result.dead_letters[d.source] = result.dead_letters.get(d.source, 0) + 1
+            self._store_dead_letters(cur, letters, result)
         advanced = [(t, p, max(n, stored.get((t, p), 0))) for (t, p), n in sorted(batch.next_offsets.items())]
         psycopg2.extras.execute_values(cur, sql.UPDATE_OFFSETS, advanced, template="(%s, %s::int, %s::bigint)")
         return result
+
+    def _store_dead_letters(self, cur: psycopg2.extensions.cursor, letters: list[DeadLetterRow], result: WriteResult) -> None:
+        """Insert dead letters; a later copy of a bad message with a known message id is recorded as a duplicate."""
+        values = [_dead_letter_values(d) for d in letters]
+        inserted = set(psycopg2.extras.execute_values(cur, sql.INSERT_DEAD_LETTERS, values, page_size=1000, fetch=True))
+        copies = []
+        for d in letters:
+            if (d.kafka_topic, d.kafka_partition, d.kafka_offset) in inserted:
+                result.dead_letters[d.source] = result.dead_letters.get(d.source, 0) + 1
+            elif d.message_id is not None:
+                copies.append((d.kafka_topic, d.kafka_partition, d.kafka_offset, _clean(d.mqtt_topic), _clean(d.message_id),
+                               _clean(d.tenant_id), copy_format.timestamp_ms(d.received_at_ms)))
+        if copies:
+            psycopg2.extras.execute_values(cur, sql.INSERT_DUPLICATE_DEAD_LETTERS, copies, page_size=1000)
+            result.duplicate_dead_letters += len(copies)
 
     def _lock_offsets(self, cur: psycopg2.extensions.cursor, next_offsets: dict[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int]:
         keys = sorted(next_offsets)
@@ -232,5 +247,5 @@ def _dead_letter_values(d: DeadLetterRow) -> tuple[object, ...]:
     return (
         _clean(d.reason), d.source, _clean(d.mqtt_topic), _clean(d.tenant_id), psycopg2.Binary(d.payload),
         copy_format.timestamp_ms(d.received_at_ms), d.kafka_topic, d.kafka_partition, d.kafka_offset,
-        _clean(d.bridge_id), d.original_size, d.truncated,
+        _clean(d.bridge_id), d.original_size, d.truncated, _clean(d.message_id),
     )

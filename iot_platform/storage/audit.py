@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 
-# Every consumed Kafka record is exactly one of these rows (see migrations 002, 004, 005).
+# Every consumed Kafka record is exactly one of these rows (see migrations 002, 004, 005, 030).
 _STORED = """
 SELECT %(topic)s AS topic, kafka_partition AS partition, kafka_offset, received_at FROM iot.messages
 UNION ALL SELECT %(topic)s, kafka_partition, kafka_offset, received_at FROM iot.duplicate_messages
 UNION ALL SELECT kafka_topic, kafka_partition, kafka_offset, received_at FROM iot.dead_letters
+UNION ALL SELECT kafka_topic, kafka_partition, kafka_offset, received_at FROM iot.duplicate_dead_letters
 """
 
 _COVERAGE = f"""

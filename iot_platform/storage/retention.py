@@ -1,7 +1,7 @@
 """Raw-data retention: remove telemetry, dead letters and dedupe records older than the window.
 
 Guarantee: after :func:`apply_retention` commits, no row of ``iot.messages``, ``iot.dead_letters``,
-``iot.message_ids`` or ``iot.duplicate_messages`` has ``received_at`` before the cutoff
+``iot.message_ids``, ``iot.duplicate_messages`` or ``iot.duplicate_dead_letters`` has ``received_at`` before the cutoff
 (``now - retention_hours``), and no row at or after the cutoff was touched. Day partitions of
 ``iot.messages`` wholly before the cutoff are dropped (cheap, no dead tuples); the boundary day (and
 a default partition, if any) loses only its older rows. Everything happens in one transaction with
@@ -22,7 +22,7 @@ from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 
 # Tables pruned row by row (all keyed on the time the bridge received the message).
-ROW_TABLES = ("messages", "dead_letters", "message_ids", "duplicate_messages")
+ROW_TABLES = ("messages", "dead_letters", "message_ids", "duplicate_messages", "duplicate_dead_letters")
 _BOUND = re.compile(r"FOR VALUES FROM \('([^']+)'\) TO \('([^']+)'\)")
 
 

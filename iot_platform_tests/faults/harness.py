@@ -276,7 +276,7 @@ def settle_and_verify(settings: Settings, result: SimulationResult, timeout_s: f
         time.sleep(1.0)
 
 
-def assert_invariants(report: dict[str, object], result: SimulationResult, *, allow_dead_letter_copies: bool = False) -> None:
+def assert_invariants(report: dict[str, object], result: SimulationResult) -> None:
     """lost = 0, duplicates in the database = 0, dead letters = exactly the bad messages sent."""
     totals = report["totals"]
     assert isinstance(totals, dict)
@@ -288,8 +288,7 @@ def assert_invariants(report: dict[str, object], result: SimulationResult, *, al
     assert totals["stored"] == result.acked["good"], "stored rows differ from good messages sent" + context
     assert totals["dead_letters"] == result.bad_acked, "dead letters differ from bad messages sent" + context
     assert report["dead_letters_by_category"].get("unmarked", 0) == 0, "a good message was dead-lettered" + context  # type: ignore[union-attr]
-    if not allow_dead_letter_copies:
-        assert totals["duplicate_dead_letters"] == 0, "a bad message was dead-lettered twice" + context
+    assert totals["duplicate_dead_letters"] == 0, "a bad message was dead-lettered twice" + context
 
 
 def run_with_fault(
@@ -299,7 +298,6 @@ def run_with_fault(
     *,
     count: int = 4_000,
     rate: float = 800,
-    allow_dead_letter_copies: bool = False,
 ) -> None:
     """Publish ``count`` messages at ``rate``; 1.5 s in, inject ``fault``. Both services must recover
     without a restart, and the invariants of :func:`assert_invariants` must hold."""
@@ -312,5 +310,4 @@ def run_with_fault(
         report = settle_and_verify(settings, result, timeout_s=180)
         for service in (bridge, consumer):
             assert service.alive() and service.starts == 1, f"{service.name} did not recover by itself:\n{service.log_tail()}"
-    print(f"dead letters produced twice: {report['totals']['duplicate_dead_letters']}")  # type: ignore[index]
-    assert_invariants(report, result, allow_dead_letter_copies=allow_dead_letter_copies)
+    assert_invariants(report, result)
