@@ -7,7 +7,10 @@ import socket
 import pytest
 from paho.mqtt.client import Client, MQTTv5, MQTTv311
 
-from iot_platform.bridge.mqtt_session import BridgeClient, _BufferedSocket, make_client
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from iot_platform.bridge.mqtt_session import BridgeClient, SharedTableProperties, _BufferedSocket, install_shared_table_properties, make_client
 from iot_platform.settings import Settings
 
 
@@ -50,3 +53,52 @@ def test_client_uses_manual_acks_and_a_persistent_session(protocol: str, v5: boo
     assert client._protocol == (MQTTv5 if v5 else MQTTv311)  # noqa: SLF001
     if not v5:
         assert client._clean_session is False  # noqa: SLF001
+
+
+def test_paho_packet_decoder_still_builds_properties_by_module_name() -> None:
+    """install_shared_table_properties replaces paho 2.2's `_packet.Properties`; an upgrade that moves it fails here."""
+    import paho.mqtt._packet as packet
+
+    assert "Properties" in vars(packet)
+
+
+@pytest.mark.parametrize("packet_type", [PacketTypes.PUBLISH, PacketTypes.CONNECT, PacketTypes.CONNACK])
+def test_shared_table_properties_behave_like_paho_properties(packet_type: int) -> None:
+    """Packing, unpacking and per-instance values are exactly paho's, and instances never share values."""
+    def fill(props: Properties) -> Properties:
+        if packet_type == PacketTypes.PUBLISH:
+            props.MessageExpiryInterval = 60
+            props.UserProperty = ("a", "1")
+            props.UserProperty = ("b", "2")
+        elif packet_type == PacketTypes.CONNECT:
+            props.SessionExpiryInterval = 3600
+            props.ReceiveMaximum = 1000
+        else:
+            props.ReceiveMaximum = 20
+            props.AssignedClientIdentifier = "x"
+        return props
+
+    ours, theirs = fill(SharedTableProperties(packet_type)), fill(Properties(packet_type))
+    assert ours.pack() == theirs.pack()
+    decoded, length = SharedTableProperties(packet_type).unpack(theirs.pack())
+    expected, expected_length = Properties(packet_type).unpack(theirs.pack())
+    assert (str(decoded), length) == (str(expected), expected_length)
+    empty = SharedTableProperties(packet_type)
+    assert empty.isEmpty() and str(empty) == str(Properties(packet_type))
+    assert empty.unpack(b"\x00") == (empty, 1) and empty.isEmpty()
+    reused = fill(SharedTableProperties(packet_type))
+    assert reused.unpack(b"\x00") == (reused, 1) and reused.isEmpty(), "an empty list clears earlier values"
+
+
+def test_decoded_publish_uses_shared_tables_and_keeps_its_payload() -> None:
+    """With the decoder patched, an MQTT 5 PUBLISH decodes to the same topic, payload and properties."""
+    import paho.mqtt._packet as packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    body = b"\x00\x03a/b" + b"\x00\x07" + b"\x05\x02\x00\x00\x00\x3c" + b'{"v": 1}'
+    before = packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
+    install_shared_table_properties()
+    after = packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
+    assert isinstance(after.properties, SharedTableProperties)
+    assert (after.topic, after.mid, after.payload) == (before.topic, before.mid, before.payload) == (b"a/b", 7, b'{"v": 1}')
+    assert after.properties.MessageExpiryInterval == before.properties.MessageExpiryInterval == 60
