@@ -47,7 +47,7 @@ def kafka_total(consumer: Consumer, topic: str) -> int:
 
 def start_bridge(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     log_path = workdir / f"bridge-{time.monotonic_ns()}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")} | settings.as_env()
+    env = settings.child_env()
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "bridge"], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30

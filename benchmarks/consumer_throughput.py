@@ -146,7 +146,7 @@ def main() -> int:
         ends = produce(settings, args.records, with_msg_id=not args.no_msg_id)
         print(f"produced {args.records:,} records in {time.monotonic() - started:.1f} s")
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")} | settings.as_env()
+        env = settings.child_env()
         log_path = workdir / "consumer.log"
         with open(log_path, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "iot_platform.cli", "consumer"], env=env, stdout=log, stderr=log)

@@ -137,6 +137,12 @@ class Settings(BaseSettings):
             f"{database or self.pg_database}?connect_timeout={self.pg_connect_timeout_s}"
         )
 
+    def child_env(self) -> dict[str, str]:
+        """This process's environment with its IOT_* variables replaced by these settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+        env.update(self.as_env())
+        return env
+
     def as_env(self) -> dict[str, str]:
         """These settings as IOT_* variables, to hand to a child process (services, Dagster)."""
         env: dict[str, str] = {}

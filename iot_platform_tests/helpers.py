@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import psycopg2
+from psycopg2 import sql as pgsql
 
 from iot_platform.settings import Settings
 
@@ -22,9 +24,7 @@ def mqtt_topic(settings: Settings, tenant: str, project: str, *rest: str) -> str
 
 def service_env(settings: Settings) -> dict[str, str]:
     """Environment for running `iot-platform bridge|consumer` as a subprocess with these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update(settings.as_env())
-    return env
+    return settings.child_env()
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 1.0) -> T:
@@ -43,3 +43,17 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 420) -> subprocess
     return subprocess.run(
         [sys.executable, "-m", "iot_platform.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def drop_roles(admin_dsn: str, database: str, roles: list[str]) -> None:
+    """Drop cluster-wide roles a test created (and what they own in ``database``)."""
+    conn = psycopg2.connect(admin_dsn.replace("/postgres?", f"/{database}?"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for role in sorted(set(roles)):
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                if cur.fetchone():
+                    cur.execute(pgsql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(pgsql.Identifier(role)))
+    finally:
+        conn.close()

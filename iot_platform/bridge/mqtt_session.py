@@ -80,13 +80,11 @@ class SharedTableProperties(Properties):
 
     def unpack(self, buffer: bytes) -> tuple["SharedTableProperties", int]:
         # Device telemetry rarely carries properties: a zero length needs no clearing or parsing.
-        if buffer[:1] == b"\x00" and self.packetType == PacketTypes.PUBLISH and not self.__dict__.keys() - self._keys():
+        # A fresh instance holds only the shared tables and packetType: no value to clear.
+        fresh = self._tables is not None and len(self.__dict__) == len(self._tables) + 1
+        if buffer[:1] == b"\x00" and fresh and self.packetType == PacketTypes.PUBLISH:
             return self, 1
         return super().unpack(buffer)
-
-    @classmethod
-    def _keys(cls) -> set[str]:
-        return {"packetType", *(cls._tables or {})}
 
 
 def install_shared_table_properties() -> None:

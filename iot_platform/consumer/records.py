@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from iot_platform.core.envelope import H_RECEIVED_AT_MS, Envelope, EnvelopeError, decode_dead_letter, decode_envelope
 from iot_platform.core.payload import payload_fields
@@ -201,17 +201,5 @@ def _bridge_dead_letter(record: KafkaRecord, payload: bytes, message_id: str | N
 
 def _consumer_dead_letter(record: KafkaRecord, payload: bytes, reason: str) -> DeadLetterRow:
     # The tolerant dead-letter decoder salvages whatever headers are readable.
-    meta = decode_dead_letter(record.headers)
-    return DeadLetterRow(
-        reason=reason,
-        source=SOURCE_CONSUMER,
-        mqtt_topic=meta.mqtt_topic,
-        tenant_id=None,
-        payload=payload,
-        received_at_ms=_fallback_received_at_ms(meta.received_at_ms, record),
-        kafka_topic=record.topic,
-        kafka_partition=record.partition,
-        kafka_offset=record.offset,
-        bridge_id=meta.bridge_id or None,
-        original_size=len(payload),
-    )
+    salvaged = _bridge_dead_letter(record, payload, message_id=None)
+    return replace(salvaged, reason=reason, source=SOURCE_CONSUMER, original_size=len(payload), truncated=False)

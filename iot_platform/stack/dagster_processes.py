@@ -9,7 +9,6 @@ that group stops the supervised bridge and consumer too.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import urllib.request
@@ -34,8 +33,7 @@ def dagster_home(settings: Settings) -> Path:
 
 
 def dagster_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "DAGSTER_"))}
-    env.update(settings.as_env())
+    env = {k: v for k, v in settings.child_env().items() if not k.startswith("DAGSTER_")}
     env["DAGSTER_HOME"] = str(dagster_home(settings))
     return env
 

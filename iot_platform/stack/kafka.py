@@ -20,6 +20,7 @@ from pathlib import Path
 
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, wait_until
+from iot_platform.stack.topics import ensure_topics  # re-exported: callers reach topics through the broker
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 HEAP = "-Xmx512m"
@@ -211,9 +212,5 @@ def broker_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
 
 def java_available() -> bool:
     return shutil.which("java") is not None
-
-
-# Re-exported: tests and tools reach the topic management through the broker module.
-from iot_platform.stack.topics import ensure_topics  # noqa: E402
 
 __all__ = ["KafkaConfig", "KafkaServer", "broker_ready", "ensure_topics", "kafka_classpath", "render_server_properties"]

@@ -136,8 +136,7 @@ class LocalPlatform:
 
     def _start_demo_fleet(self) -> int:
         argv = [sys.executable, "-m", "iot_platform.cli", "simulate", "--demo"]
-        env = dagster_processes.dagster_env(self.settings)
-        return spawn(argv, self.logs / "simulator.log", env=env).pid
+        return spawn(argv, self.logs / "simulator.log", env=self.settings.child_env()).pid
 
     # -- status / down ----------------------------------------------------------------------------
     def status(self) -> dict:

@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-from psycopg2 import sql as pgsql
 from pydantic import SecretStr
 
 from iot_platform.dashboards.macros import Expansion, Variable, expand
@@ -21,6 +20,7 @@ from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
+from iot_platform_tests.helpers import drop_roles
 
 pytestmark = pytest.mark.integration
 
@@ -143,17 +143,6 @@ def test_tenant_telemetry_as_a_tenant_role_sees_only_that_tenant(database: Any, 
         finally:
             conn.close()
     finally:
-        _drop_roles(postgres_server.admin_dsn, settings.pg_database, [r for _, r in result.roles] + list(result.roles_created))
+        drop_roles(postgres_server.admin_dsn, settings.pg_database, [r for _, r in result.roles] + list(result.roles_created))
 
 
-def _drop_roles(admin_dsn: str, database: str, roles: list[str]) -> None:
-    conn = psycopg2.connect(admin_dsn.replace("/postgres?", f"/{database}?"))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for role in sorted(set(roles)):
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-                if cur.fetchone():
-                    cur.execute(pgsql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(pgsql.Identifier(role)))
-    finally:
-        conn.close()

@@ -24,6 +24,7 @@ from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import TenantSyncError, sync_tenants
+from iot_platform_tests.helpers import drop_roles
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +67,6 @@ def _write_rows(conn: Any, tenant: str, offset: int) -> None:
     conn.commit()
 
 
-def _drop_roles(admin_dsn: str, database: str, roles: list[str]) -> None:
-    conn = psycopg2.connect(admin_dsn.replace("/postgres?", f"/{database}?"))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for role in sorted(set(roles)):
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-                if cur.fetchone():
-                    cur.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def world(settings: Settings, postgres_server: Any) -> Iterator[World]:
     tag = uuid.uuid4().hex[:8]
@@ -95,7 +83,7 @@ def world(settings: Settings, postgres_server: Any) -> Iterator[World]:
     try:
         yield World(synced, tenant_a, tenant_b, roles[tenant_a], roles[tenant_b], postgres_server.admin_dsn)
     finally:
-        _drop_roles(postgres_server.admin_dsn, settings.pg_database,
+        drop_roles(postgres_server.admin_dsn, settings.pg_database,
                     list(roles.values()) + [synced.analyst_role, synced.ingest_role])
 
 
@@ -259,7 +247,7 @@ def test_sync_is_idempotent_and_refuses_dangerous_roles(world: World) -> None:
             assert cur.fetchone()[0] == 0
     finally:
         owner.close()
-        _drop_roles(world.admin_dsn, world.settings.pg_database, [intruder])
+        drop_roles(world.admin_dsn, world.settings.pg_database, [intruder])
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
