@@ -57,7 +57,8 @@ class LatencyHistogram:
 @dataclass
 class BridgeStats:
     """Counters of one bridge process. Writers: ``received``/``last_received_monotonic`` on paho's
-    thread; everything else on the producer-owning thread."""
+    thread; ``acked``/``acks_discarded`` by the AckGate under its lock; everything else on the
+    producer-owning thread."""
 
     received: int = 0
     last_received_monotonic: float = 0.0
@@ -72,16 +73,12 @@ class BridgeStats:
     def delivered_dead_letters(self) -> int:
         return sum(self.dead_lettered.values())
 
-    def record_delivery(self, dead_letter_reason: str | None, latency_s: float, acked: bool) -> None:
+    def record_delivery(self, dead_letter_reason: str | None, latency_s: float) -> None:
         if dead_letter_reason is None:
             self.delivered_messages += 1
         else:
             self.dead_lettered[dead_letter_reason] = self.dead_lettered.get(dead_letter_reason, 0) + 1
         self.latency.observe(latency_s)
-        if acked:
-            self.acked += 1
-        else:
-            self.acks_discarded += 1
 
 
 class BridgeCollector(Collector):

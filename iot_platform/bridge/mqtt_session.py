@@ -9,10 +9,11 @@ inflight limit bound how many unacked messages the bridge holds: that window is 
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Any
 
 import paho.mqtt._packet
-from paho.mqtt.client import CallbackAPIVersion, Client, MQTTErrorCode, MQTTv5, MQTTv311
+from paho.mqtt.client import PUBACK, CallbackAPIVersion, Client, MQTTErrorCode, MQTTv5, MQTTv311
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -23,6 +24,7 @@ from iot_platform.settings import Settings
 # Most packets the bridge reads are ~200-byte PUBLISHes; one recv() takes many of them at once.
 _RECV_CHUNK = 256 * 1024
 _PACKETS_PER_READ = 1_000  # then let paho write the queued PUBACKs and check keepalive
+_PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: a success PUBACK in 3.1.1 and 5
 
 
 class _BufferedSocket:
@@ -93,7 +95,17 @@ def install_shared_table_properties() -> None:
 
 
 class BridgeClient(Client):
-    """paho's Client with buffered reads (pinned paho-mqtt 2.2.0; test_bridge_mqtt_session checks the hooks)."""
+    """paho's Client with buffered reads and batched acks (pinned paho-mqtt 2.2.0; test_bridge_mqtt_session checks the hooks)."""
+
+    def send_pubacks(self, mids: list[int]) -> None:
+        """Queue a PUBACK for each QoS 1 packet id, in order, as one outgoing write.
+
+        paho's ``ack()`` queues one packet per ack and writes a byte to its wake-up socket pair for
+        each; one packet carrying all of them wakes the network thread once and is sent with one
+        ``send()``. paho resumes a partial write at the right byte, and drops the queue on reconnect.
+        """
+        if mids:
+            self._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
@@ -111,7 +123,7 @@ class BridgeClient(Client):
         return rc
 
 
-def make_client(settings: Settings) -> Client:
+def make_client(settings: Settings) -> BridgeClient:
     """A paho client for the bridge's session; not connected yet."""
     v5 = settings.mqtt_protocol == "5"
     if v5:

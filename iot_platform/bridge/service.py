@@ -27,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from iot_platform.bridge.acks import AckGate, InFlight
 from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.bridge.metrics import BridgeCollector, BridgeStats, serve_metrics
-from iot_platform.bridge.mqtt_session import connect_async, make_client, subscribe
+from iot_platform.bridge.mqtt_session import BridgeClient, connect_async, make_client, subscribe
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
 from iot_platform.core.topics import INVALID_TOPIC_ENCODING
@@ -43,8 +43,8 @@ class Bridge:
         self._settings = settings
         self._rules = RecordRules.from_settings(settings)
         self.stats = BridgeStats()
-        self._client: Client = make_client(settings)
-        self._gate = AckGate(self._client.ack)
+        self._client: BridgeClient = make_client(settings)
+        self._gate = AckGate(self._client.send_pubacks, self.stats)
         self._producer = ReliableProducer(settings, self._rules, self._delivered, self._gate.is_stale)
         self._stop = threading.Event()
         self._receiving = True
@@ -91,6 +91,7 @@ class Bridge:
         stall_reported_for = -1.0
         while not self._stop.is_set():
             self._producer.service(0.05)
+            self._gate.flush()
             now = time.monotonic()
             quiet_since = max(self.stats.last_received_monotonic, self._gate.connected_since)
             if self._gate.connected and now - quiet_since > self._settings.stall_timeout_s and stall_reported_for != quiet_since:
@@ -109,6 +110,7 @@ class Bridge:
         self._receiving = False  # later messages are neither produced nor acked: redelivered next session
         deadline = time.monotonic() + self._settings.bridge_shutdown_timeout_s
         undelivered = self._producer.flush(self._settings.bridge_shutdown_timeout_s * 0.8)
+        self._gate.flush()
         while self._client.want_write() and self._gate.connected and time.monotonic() < deadline:
             time.sleep(0.01)  # let paho's thread write the last PUBACKs before DISCONNECT
         # paho logs an error for every loop turn after a disconnect it was asked for: not news here.
@@ -172,8 +174,8 @@ class Bridge:
     # -- producer-owning (main) thread -----------------------------------------------------------
 
     def _delivered(self, item: InFlight) -> None:
-        acked = self._gate.ack(item)
-        self.stats.record_delivery(item.record.dead_letter_reason, time.monotonic() - item.received_monotonic, acked)
+        self._gate.ack(item)
+        self.stats.record_delivery(item.record.dead_letter_reason, time.monotonic() - item.received_monotonic)
 
     def _heartbeat(self, rate: float) -> dict[str, Any]:
         s = self.stats

@@ -238,6 +238,31 @@ def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Ca
     assert killed_at < len(messages), "the kill did not happen mid-stream"
 
 
+def test_batched_acks_are_accepted_so_a_restart_gets_no_redelivery(
+    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
+) -> None:
+    """The bridge acks in batches (many PUBACKs in one write); Mosquitto must accept every one of
+    them: after a clean stop, the next bridge on the same session is redelivered nothing."""
+    first = bridge_factory(settings).start().wait_subscribed()
+    messages = telemetry(settings, 5_000)
+    publisher = Publisher(settings)
+    try:
+        for topic, payload in messages:
+            publisher.publish(topic, payload)
+        assert len(publisher.acknowledged()) == len(messages)
+    finally:
+        publisher.close()
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(messages), timeout_s=60) == len(messages)
+    assert first.terminate() == 0
+    stopped = [line for line in first.log_lines() if line.get("msg") == "bridge stopped"]
+    assert stopped and stopped[0]["acked"] == len(messages) and stopped[0]["in_flight"] == 0, stopped
+    second = bridge_factory(settings).start().wait_subscribed()
+    time.sleep(3.0)  # a resumed session sends its unacked messages at once
+    assert second.terminate() == 0
+    assert [line["received"] for line in second.log_lines() if line.get("msg") == "bridge stopped"] == [0]
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=5) == len(messages)
+
+
 def test_bad_input_is_dead_lettered_while_good_traffic_flows(
     settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
 ) -> None:

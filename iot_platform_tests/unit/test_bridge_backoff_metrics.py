@@ -39,10 +39,10 @@ def test_histogram_quantiles() -> None:
 
 def test_collector_exposes_every_bridge_metric() -> None:
     """received, produced, dead-lettered, acked, in flight and the latency histogram are exposed."""
-    stats = BridgeStats(received=5)
-    stats.record_delivery(None, 0.01, acked=True)
-    stats.record_delivery("payload_too_large", 0.02, acked=True)
-    stats.record_delivery(None, 0.03, acked=False)
+    stats = BridgeStats(received=5, acked=2, acks_discarded=1)
+    stats.record_delivery(None, 0.01)
+    stats.record_delivery("payload_too_large", 0.02)
+    stats.record_delivery(None, 0.03)
     registry = CollectorRegistry()
     registry.register(BridgeCollector(stats, in_flight=lambda: 2, connected=lambda: True, retries=lambda: 4))
     text = generate_latest(registry).decode()

@@ -16,7 +16,7 @@ from iot_platform.settings import Settings
 
 def test_paho_still_has_the_hooks_the_bridge_overrides() -> None:
     """BridgeClient relies on paho 2.2 internals; an upgrade that removes them must fail here, not in production."""
-    for name in ("_create_socket", "loop_read", "_sock", "_ssl", "_transport"):
+    for name in ("_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet"):
         assert hasattr(Client, name) or name in Client.__init__.__code__.co_names, name
 
 
@@ -102,3 +102,14 @@ def test_decoded_publish_uses_shared_tables_and_keeps_its_payload() -> None:
     assert isinstance(after.properties, SharedTableProperties)
     assert (after.topic, after.mid, after.payload) == (before.topic, before.mid, before.payload) == (b"a/b", 7, b'{"v": 1}')
     assert after.properties.MessageExpiryInterval == before.properties.MessageExpiryInterval == 60
+
+
+def test_send_pubacks_queues_one_packet_holding_every_puback_in_order() -> None:
+    """A batch of acks is one outgoing write of 4-byte PUBACKs (type 0x40, length 2, packet id)."""
+    client = make_client(Settings(mqtt_client_id="unit-bridge"))
+    client.send_pubacks([1, 300, 65535])
+    client.send_pubacks([])
+    queued = list(client._out_packet)  # noqa: SLF001
+    assert len(queued) == 1
+    assert bytes(queued[0]["packet"]) == bytes.fromhex("40020001" "4002012c" "4002ffff")
+    assert queued[0]["to_process"] == 12 and queued[0]["pos"] == 0
