@@ -143,7 +143,8 @@ def main() -> int:
     parser.add_argument("--kafka-bootstrap")
     args = parser.parse_args()
 
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="iot-bench-bridge-") as tmp:
+    # The directory is removed last, after the stack has stopped the servers that write into it.
+    with tempfile.TemporaryDirectory(prefix="iot-bench-bridge-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         mqtt_url, bootstrap = args.mqtt_url, args.kafka_bootstrap
         if not mqtt_url:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import socket
 
 import pytest
-from paho.mqtt.client import Client, MQTTv5, MQTTv311
+from paho.mqtt.client import CallbackAPIVersion, Client, MQTTErrorCode, MQTTv5, MQTTv311
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -16,7 +17,8 @@ from iot_platform.settings import Settings
 
 def test_paho_still_has_the_hooks_the_bridge_overrides() -> None:
     """BridgeClient relies on paho 2.2 internals; an upgrade that removes them must fail here, not in production."""
-    for name in ("_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet"):
+    for name in ("_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet", "_handle_on_message", "_in_callback_mutex", "_userdata",
+                 "_handle_publish", "_in_packet", "_protocol"):
         assert hasattr(Client, name) or name in Client.__init__.__code__.co_names, name
 
 
@@ -113,3 +115,40 @@ def test_send_pubacks_queues_one_packet_holding_every_puback_in_order() -> None:
     assert len(queued) == 1
     assert bytes(queued[0]["packet"]) == bytes.fromhex("40020001" "4002012c" "4002ffff")
     assert queued[0]["to_process"] == 12 and queued[0]["pos"] == 0
+
+
+def test_every_message_goes_to_on_message_and_filtered_callbacks_are_refused() -> None:
+    """BridgeClient skips paho's per-topic callback matching, so it must refuse filtered callbacks."""
+    from paho.mqtt.client import MQTTMessage
+
+    client = make_client(Settings(mqtt_client_id="unit-bridge"))
+    seen: list[bytes] = []
+    client.on_message = lambda _c, _u, message: seen.append(message.payload)
+    message = MQTTMessage(mid=1, topic=b"a/b")
+    message.payload = b"x"
+    client._handle_on_message(message)  # noqa: SLF001
+    assert seen == [b"x"]
+    with pytest.raises(NotImplementedError):
+        client.message_callback_add("a/#", lambda *_: None)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("command", [0x32, 0x3B, 0x30])  # QoS 1; QoS 1 + dup + retain; QoS 0
+def test_received_publish_reaches_on_message_exactly_as_paho_builds_it(protocol: str, command: int) -> None:
+    """BridgeClient's leaner PUBLISH handling gives on_message the same message stock paho does."""
+    v5 = protocol == "5"
+    qos = (command >> 1) & 3
+    body = b"\x00\x0ct/acme/p1/d7" + (b"\x01\x2c" if qos else b"") + (b"\x00" if v5 else b"") + b'{"v": 1}'
+    stock = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5 if v5 else MQTTv311, manual_ack=True)
+    ours = make_client(Settings(mqtt_protocol=protocol, mqtt_client_id="unit-bridge"))
+    seen = []
+    for client in (stock, ours):
+        client.on_message = lambda _c, _u, message: seen.append(message)
+        client._in_packet = {"command": command, "packet": body}  # noqa: SLF001
+        assert client._handle_publish() == MQTTErrorCode.MQTT_ERR_SUCCESS  # noqa: SLF001
+    theirs, mine = seen
+    fields = ("topic", "payload", "qos", "retain", "dup", "mid", "state")
+    assert [getattr(mine, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert (mine.topic, mine.qos, mine.mid if qos else 0) == ("t/acme/p1/d7", qos, 300 if qos else 0)
+    assert str(mine.properties) == str(theirs.properties)
+    assert ours._out_packet == collections.deque()  # noqa: SLF001  # manual acks: nothing sent yet
