@@ -9,10 +9,10 @@ sending. MQTT reconnects forever with jittered backoff (paho's network thread); 
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
-thread polls the producer (delivery reports, retries), then queues the acks of that poll as one
-batch (acks.py), logs the heartbeat, watches for stalls
-and, on SIGTERM/SIGINT, stops receiving, flushes, acks what was delivered and exits 0 within
-``bridge_shutdown_timeout_s`` (plus one MQTT connect timeout at most).
+thread polls the producer (delivery reports, retries) and then queues the acks of that poll as one
+batch (acks.py); it also logs the heartbeat, watches for stalls and, on SIGTERM/SIGINT, stops
+receiving, flushes, acks what was delivered and exits 0 within ``bridge_shutdown_timeout_s`` (plus
+one MQTT connect timeout at most).
 """
 
 from __future__ import annotations
