@@ -25,6 +25,7 @@ class Totals:
     dead_lettered: int = 0
     batches: int = 0
     database_errors: int = 0
+    kafka_reopened: int = 0
 
 
 class ConsumerMetrics:
@@ -42,6 +43,9 @@ class ConsumerMetrics:
         self.dead_lettered = Counter("iot_consumer_dead_letters", "Rows written to iot.dead_letters.", ["source"], registry=r)
         self.json_dropped = Counter("iot_consumer_json_dropped", "Rows stored with payload_json NULL after PostgreSQL refused it.", registry=r)
         self.database_errors = Counter("iot_consumer_database_errors", "Failed batch attempts (retried, offsets not advanced).", registry=r)
+        self.kafka_reopened = Counter(
+            "iot_consumer_kafka_reopened", "Kafka clients reopened after the group gave no assignment for too long.", registry=r
+        )
         self.lag = Gauge("iot_consumer_lag", "Records in Kafka not yet stored, per partition.", ["topic", "partition"], registry=r)
         self.batch_seconds = Histogram("iot_consumer_batch_seconds", "Time to write one batch.", buckets=BATCH_BUCKETS_S, registry=r)
         self.batch_rows = Histogram(
@@ -77,6 +81,10 @@ class ConsumerMetrics:
     def record_database_error(self) -> None:
         self.totals.database_errors += 1
         self.database_errors.inc()
+
+    def record_reopen(self) -> None:
+        self.totals.kafka_reopened += 1
+        self.kafka_reopened.inc()
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         self.lag.labels(topic, str(partition)).set(lag)

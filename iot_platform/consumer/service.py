@@ -90,6 +90,7 @@ class ConsumerService:
         self._stopping = threading.Event()
         self._pending = PendingBatch(settings.kafka_topic)
         self._consumer: Consumer | None = None
+        self._unassigned_since: float | None = None  # since when the group has given no assignment
         self._last_heartbeat = self._last_lag_update = time.monotonic()
         self._heartbeat_inserted = 0
         self._lag_total = 0
@@ -109,6 +110,7 @@ class ConsumerService:
             tp.offset = OFFSET_BEGINNING if position is None else position
             self.positions.assign((tp.topic, tp.partition), position)
         consumer.assign(partitions)
+        self._unassigned_since = None
         log.info("partitions assigned", extra={"partitions": {f"{t}[{p}]": stored.get((t, p)) for t, p in keys}})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -119,16 +121,13 @@ class ConsumerService:
         for topic, partition in gone:
             self.positions.revoke((topic, partition))
             self.metrics.forget_lag(topic, partition)
+        if not self.positions.assigned():
+            self._unassigned_since = time.monotonic()
         log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in gone)})
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:
-        consumer = Consumer(kafka_config(self.settings), logger=logging.getLogger("iot_platform.consumer.kafka"))
-        self._consumer = consumer
-        consumer.subscribe(
-            [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
-            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
-        )
+        consumer = self._open_consumer()
         log.info("consumer started", extra={"topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
                                             "group": self.settings.kafka_consumer_group})
         try:
@@ -138,6 +137,7 @@ class ConsumerService:
                 self._finish_in_flight(consumer)
                 self._submit(ready)
                 self._heartbeat(consumer)
+                consumer = self._reopen_if_stuck(consumer)
             ready = self._prepare()
             self._finish_in_flight(consumer)
             self._submit(ready)
@@ -149,6 +149,41 @@ class ConsumerService:
                 self._db.close()
             log.info("consumer stopped", extra={"totals": vars(self.metrics.totals)})
         return 0
+
+    def _open_consumer(self) -> Consumer:
+        consumer = Consumer(kafka_config(self.settings), logger=logging.getLogger("iot_platform.consumer.kafka"))
+        consumer.subscribe(
+            [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
+        )
+        self._consumer = consumer
+        self._unassigned_since = time.monotonic()
+        return consumer
+
+    def _reopen_if_stuck(self, consumer: Consumer) -> Consumer:
+        """A new Kafka client when the group has given this one no assignment for too long.
+
+        librdkafka calls on_assign after every rebalance, with an empty list for a member that gets no
+        partition. After a broker stall it can instead stay stuck rejoining (seen once in this project's
+        CI runs of the 30 s Kafka SIGSTOP fault test: the coordinator's requests queued and timed out for
+        minutes). Reopening loses nothing: without an assignment nothing is pending or in flight (the
+        revocation settled them), and positions come from PostgreSQL on the next assignment.
+        """
+        since = self._unassigned_since
+        if since is None or time.monotonic() - since < self.settings.consumer_rejoin_timeout_s:
+            return consumer
+        log.warning("no partition assignment from the group; reopening the Kafka consumer",
+                    extra={"waited_s": round(time.monotonic() - since, 1)})
+        self._finish_in_flight(consumer)
+        # close() leaves the group and serves rebalance callbacks until it can (in a test with Kafka
+        # blackholed it returned once Kafka answered again): an assignment it made is gone after it.
+        consumer.close()
+        still = self.positions.assigned()
+        if still:
+            self._on_revoke(consumer, [TopicPartition(t, p) for t, p in still])
+        self.metrics.record_reopen()
+        log.info("kafka consumer closed; opening a new one")
+        return self._open_consumer()
 
     def _collect(self, consumer: Consumer) -> None:
         """Fill ``self._pending`` until the batch size or the maximum wait is reached."""

@@ -89,6 +89,28 @@ def test_kafka_link_blackholed(stack: PrivateStack, settings: Settings, tmp_path
     run_with_fault(settings, tmp_path / "logs", fault, count=3_000, rate=600)
 
 
+def test_consumer_reopens_its_kafka_client_when_its_group_gives_no_assignment(
+    stack: PrivateStack, settings: Settings, tmp_path: Path
+) -> None:
+    """Invariant: Kafka blackholed for 30 s, longer than the group session (10 s) plus a 5 s rejoin
+    timeout: the consumer loses its assignment, closes and reopens its Kafka client (the recovery from a
+    librdkafka group that stays stuck rejoining after a broker stall), and its close does not hang on
+    the unreachable coordinator; once Kafka answers, everything arrives exactly once."""
+    settings = settings.model_copy(update={"consumer_rejoin_timeout_s": 5.0})
+    log_dir = tmp_path / "logs"
+
+    def fault() -> None:
+        assert stack.kafka_tcp is not None
+        stack.kafka_tcp.blackhole()
+        time.sleep(30)
+        stack.kafka_tcp.heal()
+
+    run_with_fault(settings, log_dir, fault, count=3_000, rate=600)
+    reopened = [line for line in (log_dir / "consumer.log").read_text().splitlines() if "reopening the Kafka consumer" in line]
+    assert reopened, "the consumer never reopened its Kafka client"
+    print(f"\nconsumer reopened its Kafka client {len(reopened)} times")
+
+
 def test_mosquitto_restarted_cleanly(stack: PrivateStack, settings: Settings, tmp_path: Path) -> None:
     """Invariant: Mosquitto stopped (SIGTERM, it saves its store) and started again on the same port: the
     publisher resends what was unacked, the bridge's persistent session gets what was queued, nothing lost."""
