@@ -161,7 +161,7 @@ class BridgeClient(Client):
         message.retain = result.retain
         message.properties = result.properties
         message.payload = result.payload
-        message.timestamp = time.monotonic()  # paho's time_func
+        message.timestamp = time.monotonic()  # paho's time_func; the bridge's receive time
         self._handle_on_message(message)
         return MQTTErrorCode.MQTT_ERR_SUCCESS  # manual acks: the bridge acks after Kafka
 

@@ -134,7 +134,7 @@ class Bridge:
                 topic, rejection = msg._topic.decode("utf-8", "replace"), INVALID_TOPIC_ENCODING  # noqa: SLF001
             inbound = InboundMessage(topic, msg.payload, msg.qos, msg.retain, received_at_ms)
             record = build_record(inbound, self._rules) if rejection is None else dead_letter_record(inbound, rejection, self._rules)
-            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, time.monotonic())
+            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp)  # paho: time.monotonic()
             self.stats.received += 1
             self.stats.last_received_monotonic = item.received_monotonic
             self._producer.send(item)

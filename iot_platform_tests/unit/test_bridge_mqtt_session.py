@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import collections
 import socket
+import time
 
 import pytest
-from paho.mqtt.client import CallbackAPIVersion, Client, MQTTErrorCode, MQTTv5, MQTTv311
+from paho.mqtt.client import CallbackAPIVersion, Client, MQTTErrorCode, MQTTMessage, MQTTv5, MQTTv311
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -17,8 +18,11 @@ from iot_platform.settings import Settings
 
 def test_paho_still_has_the_hooks_the_bridge_overrides() -> None:
     """BridgeClient relies on paho 2.2 internals; an upgrade that removes them must fail here, not in production."""
-    for name in ("_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet", "_handle_on_message", "_in_callback_mutex", "_userdata",
-                 "_handle_publish", "_in_packet", "_protocol"):
+    hooks = (
+        "_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet",
+        "_handle_publish", "_in_packet", "_protocol", "_handle_on_message", "_in_callback_mutex", "_userdata",
+    )  # fmt: skip
+    for name in hooks:
         assert hasattr(Client, name) or name in Client.__init__.__code__.co_names, name
 
 
@@ -119,8 +123,6 @@ def test_send_pubacks_queues_one_packet_holding_every_puback_in_order() -> None:
 
 def test_every_message_goes_to_on_message_and_filtered_callbacks_are_refused() -> None:
     """BridgeClient skips paho's per-topic callback matching, so it must refuse filtered callbacks."""
-    from paho.mqtt.client import MQTTMessage
-
     client = make_client(Settings(mqtt_client_id="unit-bridge"))
     seen: list[bytes] = []
     client.on_message = lambda _c, _u, message: seen.append(message.payload)
@@ -151,4 +153,5 @@ def test_received_publish_reaches_on_message_exactly_as_paho_builds_it(protocol:
     assert [getattr(mine, f) for f in fields] == [getattr(theirs, f) for f in fields]
     assert (mine.topic, mine.qos, mine.mid if qos else 0) == ("t/acme/p1/d7", qos, 300 if qos else 0)
     assert str(mine.properties) == str(theirs.properties)
+    assert abs(mine.timestamp - time.monotonic()) < 5, "the bridge's receive time is on the monotonic clock"
     assert ours._out_packet == collections.deque()  # noqa: SLF001  # manual acks: nothing sent yet
