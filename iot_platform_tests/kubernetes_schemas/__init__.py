@@ -188,7 +188,7 @@ class CrdVersion:
 
 
 def read_crd(path: Path) -> list[CrdVersion]:
-    document = yaml.safe_load(path.read_text())
+    document = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 0.8 MB of YAML
     assert document["kind"] == "CustomResourceDefinition", path
     spec = document["spec"]
     return [CrdVersion(spec["group"], spec["names"]["kind"], v["name"], v["schema"]["openAPIV3Schema"])
@@ -228,6 +228,57 @@ def structural_json_schema(node: Any) -> Any:
     if node.get("nullable") and isinstance(node.get("type"), str):
         converted["type"] = [node["type"], "null"]
     return converted
+
+
+def _strict_dir() -> Path:
+    import importlib_resources
+
+    root = importlib_resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{KUBERNETES_VERSION}-local-strict"
+    return Path(str(root))
+
+
+@cache
+def _core_definitions() -> dict[str, Any]:
+    return json.loads((_strict_dir() / "_definitions.json").read_text())
+
+
+@cache
+def core_definition_validator(name: str) -> Any:
+    """A validator for one Kubernetes definition (e.g. ``io.k8s.api.core.v1.Volume``), strict."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    definitions = _core_definitions()
+    registry = Resource.from_contents(definitions) @ Registry()
+    return jsonschema.Draft202012Validator({"$ref": f"{definitions['$id']}#/$defs/{name}"}, registry=registry)
+
+
+def core_kind_errors(document: dict[str, Any]) -> list[str]:
+    """Errors of a core-kind object against kubernetes-validate's strict schema ([] when valid)."""
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(str(p) for p in exc.path)}: {exc.message}"]
+    return []
+
+
+def is_core_kind(document: dict[str, Any]) -> bool:
+    return (document["apiVersion"], document["kind"]) not in crd_schemas()
+
+
+def custom_resource_errors(document: dict[str, Any]) -> list[str]:
+    """Errors of a Strimzi or CloudNativePG object against its CRD's schema ([] when valid)."""
+    import jsonschema
+
+    crd = crd_schemas()[(document["apiVersion"], document["kind"])]
+    validator = jsonschema.Draft7Validator(structural_json_schema(crd.schema))
+    errors = [f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+    meta = core_definition_validator("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+    errors += [f"metadata.{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+               for e in meta.iter_errors(document.get("metadata", {}))]
+    return errors
 
 
 def main() -> int:
