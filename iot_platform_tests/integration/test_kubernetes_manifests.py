@@ -112,8 +112,8 @@ def _environment(container: dict[str, Any]) -> dict[str, Any]:
 def test_every_manifest_is_namespaced_and_of_a_kind_we_validate() -> None:
     """Each object names its namespace (`iot`) and is a core kind or a Strimzi / CloudNativePG resource."""
     assert len(DOCUMENTS) >= 20
-    groups = {d["apiVersion"].split("/")[0] for _, d in DOCUMENTS if "." in d["apiVersion"].split("/")[0]}
-    assert groups <= {"apps", "policy", "kafka.strimzi.io", "postgresql.cnpg.io"}, groups
+    groups = {d["apiVersion"].rpartition("/")[0] for _, d in DOCUMENTS}
+    assert groups == {"", "apps", "policy", "kafka.strimzi.io", "postgresql.cnpg.io"}, groups
     for source, document in DOCUMENTS:
         if document["kind"] != "Namespace":
             assert document["metadata"].get("namespace") == NAMESPACE, _id((source, document))
