@@ -2,7 +2,9 @@
 
 Prints a JSON summary on stdout at the end (sent and acked per category, unacked, rate); with
 ``--summary FILE`` it also writes each device's last seq there, for `iot-platform verify --expect FILE`.
-Exits 1 when some messages were never acked by the broker.
+Exits 1 when some messages were never acked by the broker. The fleet publishes through registered
+gateway devices, one per (tenant, project), with their own credentials (registered or rotated at
+start, :mod:`iot_platform.access.gateways`); that needs the registry and the broker's admin client.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import signal
 import sys
 import threading
 
-from iot_platform.devices.fleet import FleetSpec
-from iot_platform.devices.simulate import DEMO_FLEET, new_run_id, simulate, write_summary
+from iot_platform.devices.fleet import Fleet, FleetSpec
+from iot_platform.access.connection import MqttCredentials
+from iot_platform.devices.simulate import DEMO_FLEET, SimulationResult, new_run_id, simulate, write_summary
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.settings import Settings
 
@@ -50,12 +53,37 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         max_payload_bytes=settings.max_payload_bytes,
         seed=args.seed,
     )
+    from iot_platform.access.errors import EXPECTED, one_line
+    from iot_platform.access.gateways import gateway_credentials
+
+    try:
+        gateways = gateway_credentials(settings, Fleet(spec).projects)
+    except EXPECTED as exc:
+        print(f"simulate failed: cannot register the gateway devices: {one_line(exc)}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _s, _f: stop.set())
-    result = simulate(
+    try:
+        result = _simulate(settings, spec, gateways, args, stop)
+    except (ConnectionError, OSError) as exc:
+        print(f"simulate failed: {exc} (IOT_MQTT_URL, IOT_MQTT_CA_FILE)", file=sys.stderr)
+        return 1
+    if args.summary:
+        write_summary(result, args.summary)
+    summary = result.to_json()
+    del summary["devices"]
+    print(json.dumps(summary))
+    return 1 if result.unacked or sum(result.refused.values()) else 0
+
+
+def _simulate(
+    settings: Settings, spec: FleetSpec, gateways: dict[tuple[str, str], MqttCredentials], args: argparse.Namespace, stop: threading.Event
+) -> SimulationResult:
+    return simulate(
         settings,
         spec,
+        credentials_for=lambda tenant, project: gateways[(tenant, project)],
         rate=args.rate or None,
         duration_s=args.duration,
         count=args.count,
@@ -63,9 +91,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         stop=stop,
         progress=sys.stderr if sys.stderr.isatty() and not args.quiet else None,
     )
-    if args.summary:
-        write_summary(result, args.summary)
-    summary = result.to_json()
-    del summary["devices"]
-    print(json.dumps(summary))
-    return 1 if result.unacked else 0
