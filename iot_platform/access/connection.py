@@ -27,11 +27,17 @@ class MqttSetupError(RuntimeError):
 
 
 def bridge_credentials(settings: Settings) -> MqttCredentials | None:
-    if not settings.mqtt_username:
+    """The bridge's credentials; None without a password (the service refuses to start then, see require_bridge_credentials)."""
+    if not settings.mqtt_username or settings.mqtt_password is None:
         return None
-    if settings.mqtt_password is None:
-        raise MqttSetupError(f"IOT_MQTT_PASSWORD is not set (broker user {settings.mqtt_username!r}); `dev up` writes it to IOT_HOME/secrets/")
     return MqttCredentials(settings.mqtt_username, settings.mqtt_password)
+
+
+def require_bridge_credentials(settings: Settings) -> MqttCredentials:
+    credentials = bridge_credentials(settings)
+    if credentials is None:
+        raise MqttSetupError("IOT_MQTT_USERNAME / IOT_MQTT_PASSWORD are not set: the broker admits no anonymous client (`dev up` writes the password to IOT_HOME/secrets/)")
+    return credentials
 
 
 def admin_credentials(settings: Settings) -> MqttCredentials:

@@ -58,7 +58,7 @@ class IssuedCredentials:
 
 
 @contextlib.contextmanager
-def _session(settings: Settings) -> Iterator[tuple[psycopg2.extensions.cursor, DynsecClient]]:
+def session(settings: Settings) -> Iterator[tuple[psycopg2.extensions.cursor, DynsecClient]]:
     """A registry transaction and an admin broker connection; both checked before any write."""
     try:
         conn = connect(settings)
@@ -102,7 +102,7 @@ def _acl(acl: Any) -> dict[str, Any]:
 def add_tenant(settings: Settings, tenant_id: str, display_name: str = "") -> TenantRecord:
     validate_id("tenant", tenant_id, settings.id_pattern)
     tenant = TenantRecord(tenant_id, display_name or tenant_id, ENABLED)
-    with _session(settings) as (cur, broker):
+    with session(settings) as (cur, broker):
         if not registry.insert_tenant(cur, tenant):
             raise AccessError(f"tenant {tenant_id!r} exists already")
         _ensure_tenant_access(broker, settings, tenant_id)
@@ -113,7 +113,7 @@ def add_tenant(settings: Settings, tenant_id: str, display_name: str = "") -> Te
 def disable_tenant(settings: Settings, tenant_id: str) -> list[str]:
     """Disable the tenant and every one of its devices' clients (the broker drops their connections)."""
     validate_id("tenant", tenant_id, settings.id_pattern)
-    with _session(settings) as (cur, broker):
+    with session(settings) as (cur, broker):
         _tenant_or_fail(cur, tenant_id)
         registry.set_tenant_status(cur, tenant_id, DISABLED)
         usernames = [d.username for d in registry.list_devices(cur, tenant_id)]
@@ -140,7 +140,7 @@ def _issued(settings: Settings, device: DeviceRecord, password: str) -> IssuedCr
 def add_device(settings: Settings, tenant_id: str, project_id: str, device_id: str) -> IssuedCredentials:
     device = _device(settings, tenant_id, project_id, device_id)
     password = new_password()
-    with _session(settings) as (cur, broker):
+    with session(settings) as (cur, broker):
         tenant = _tenant_or_fail(cur, tenant_id)
         if tenant.status != ENABLED:
             raise AccessError(f"tenant {tenant_id!r} is disabled: no device can be added to it")
@@ -167,7 +167,7 @@ def rotate_device(settings: Settings, tenant_id: str, project_id: str, device_id
     """A new password; the old one stops working and connections made with it are dropped."""
     wanted = _device(settings, tenant_id, project_id, device_id)
     password = new_password()
-    with _session(settings) as (cur, broker):
+    with session(settings) as (cur, broker):
         tenant = _tenant_or_fail(cur, tenant_id)
         device = registry.get_device(cur, tenant_id, project_id, device_id, lock=True)
         if device is None:
@@ -194,7 +194,7 @@ def rotate_device(settings: Settings, tenant_id: str, project_id: str, device_id
 
 def disable_device(settings: Settings, tenant_id: str, project_id: str, device_id: str) -> DeviceRecord:
     wanted = _device(settings, tenant_id, project_id, device_id)
-    with _session(settings) as (cur, broker):
+    with session(settings) as (cur, broker):
         _tenant_or_fail(cur, tenant_id)
         device = registry.get_device(cur, tenant_id, project_id, device_id, lock=True)
         if device is None:

@@ -28,13 +28,28 @@ query { runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { run
 """
 
 
+def _register(env: dict[str, str], tenant: str, project: str) -> dict[str, str]:
+    """A device of ``tenant``/``project``, registered as a user would (`devices add --json`)."""
+    run_cli(env, "tenants", "add", tenant)  # may exist already (another test): then it says so and exits 1
+    added = run_cli(env, "devices", "add", tenant, project, f"d{uuid.uuid4().hex[:8]}", "--json")
+    assert added.returncode == 0, added.stderr
+    return json.loads(added.stdout)
+
+
 def _publish(env: dict[str, str], topic: str, payload: bytes) -> None:
-    host, port = env["IOT_MQTT_URL"].removeprefix("mqtt://").split(":")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+    """Publish as a registered device of the topic's tenant and project, over TLS (what `devices add` printed)."""
+    tenant, project = topic.split("/")[4:6]
+    device = _register(env, tenant, project)
+    host, port = device["mqtt_url"].removeprefix("mqtts://").split(":")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device["client_id"], protocol=mqtt.MQTTv5)
+    client.username_pw_set(device["username"], device["password"])
+    client.tls_set(ca_certs=device["ca_file"])
     client.connect(host, int(port))
     client.loop_start()
     try:
-        client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
     finally:
         client.loop_stop()
         client.disconnect()
