@@ -187,6 +187,19 @@ class Settings(BaseSettings):
             f"&sslmode={self.pg_sslmode}" + (f"&sslrootcert={quote(str(self.pg_sslrootcert))}" if self.pg_sslrootcert else "")
         )
 
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka's connection and security properties: every Kafka client of the platform starts from these."""
+        config = {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            if self.kafka_ssl_ca_file is not None:
+                config["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
+            config["ssl.endpoint.identification.algorithm"] = "https"  # verify the broker's host name
+        return config
+
     def child_env(self) -> dict[str, str]:
         """This process's environment with its IOT_* variables replaced by these settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
