@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     grafana_password: SecretStr = Field(default=SecretStr("admin"), description="Grafana admin password.")
     grafana_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Grafana HTTP API call.")
     grafana_pg_address: str | None = Field(default=None, description="host:port at which Grafana reaches PostgreSQL (default: pg_host:pg_port).")
-    grafana_pg_sslmode: str = Field(default="disable", description="sslmode of Grafana's PostgreSQL data sources.")
+    grafana_pg_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] | None = Field(default=None, description="sslmode of Grafana's PostgreSQL data sources (default: IOT_PG_SSLMODE, with prefer read as require and allow as disable: Grafana has neither).")
 
     # Tenant roles (`iot-platform tenants sync`).
     tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'Acme' reads as role tenant_acme_<hash>.")
@@ -186,6 +186,12 @@ class Settings(BaseSettings):
             f"{database or self.pg_database}?connect_timeout={self.pg_connect_timeout_s}"
             f"&sslmode={self.pg_sslmode}" + (f"&sslrootcert={quote(str(self.pg_sslrootcert))}" if self.pg_sslrootcert else "")
         )
+
+    @property
+    def grafana_sslmode(self) -> str:
+        if self.grafana_pg_sslmode is not None:
+            return self.grafana_pg_sslmode
+        return {"prefer": "require", "allow": "disable"}.get(self.pg_sslmode, self.pg_sslmode)
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka's connection and security properties: every Kafka client of the platform starts from these."""

@@ -63,13 +63,17 @@ class LocalPlatform:
         tls = server_certificate(settings.home / "tls", "mosquitto", (settings.mqtt_host,)) if settings.mqtt_tls else None
         if tls is not None and settings.mqtt_ca_file is None:
             settings = settings.model_copy(update={"mqtt_ca_file": tls.ca})
+        pg_tls = server_certificate(settings.home / "tls", "postgres", (settings.pg_host,))
+        if "pg_sslmode" not in settings.model_fields_set and settings.pg_sslrootcert is None:
+            # Our own server, our own CA: verify it fully unless told otherwise.
+            settings = settings.model_copy(update={"pg_sslmode": "verify-full", "pg_sslrootcert": pg_tls.ca})
         self.settings = settings
         self.home = settings.home
         self.logs = self.home / "logs"
         self.state = PlatformState.load(self.home)
         self.progress = progress or (lambda line: None)
         kafka_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
-        self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host)
+        self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host, tls=pg_tls)
         self.kafka = KafkaServer(self.home / "kafka", kafka_port, settings.kafka_controller_port)
         self.mosquitto = MosquittoServer(
             self.home / "mosquitto",
