@@ -9,10 +9,11 @@ marked ``rotate_required`` in the registry (in the same transaction as the repai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from iot_platform.access import registry
 from iot_platform.access.connection import require_bridge_credentials
+from iot_platform.access.dynsec import DynsecClient
 from iot_platform.access.dynsec_json import ADMIN_ROLE
 from iot_platform.access.operations import new_password, session
 from iot_platform.access.repair import repair_commands
@@ -37,9 +38,15 @@ def _ignored(settings: Settings) -> dict[str, frozenset[str]]:
     return {"keep_clients": frozenset({settings.mqtt_admin_username}), "keep_roles": frozenset({ADMIN_ROLE})}
 
 
-def _drift(desired: BrokerState, actual: BrokerState, settings: Settings) -> Drift:
+def _defaults_match(broker: DynsecClient) -> bool:
+    [answer] = broker.execute([{"command": "getDefaultACLAccess"}])
+    return {a["acltype"]: bool(a["allow"]) for a in answer["data"]["acls"]} == dict(DEFAULT_ACL_ACCESS)
+
+
+def _drift(desired: BrokerState, actual: BrokerState, settings: Settings, defaults_match: bool) -> Drift:
     ignore = _ignored(settings)
-    return diff(desired, actual, ignore_clients=ignore["keep_clients"], ignore_roles=ignore["keep_roles"])
+    drift = diff(desired, actual, ignore_clients=ignore["keep_clients"], ignore_roles=ignore["keep_roles"])
+    return drift if defaults_match else replace(drift, mismatched=(*drift.mismatched, "default ACL access"))
 
 
 def sync_broker_access(settings: Settings) -> AccessReport:
@@ -51,14 +58,16 @@ def sync_broker_access(settings: Settings) -> AccessReport:
         for device in lost:
             registry.set_device_status(cur, device, ROTATE_REQUIRED)
         desired = _desired(settings, cur)
-        before = _drift(desired, actual, settings)
+        defaults_match = _defaults_match(broker)
+        before = _drift(desired, actual, settings, defaults_match)
 
         def password_for(username: str) -> str:
             return bridge.password.get_secret_value() if username == bridge.username else new_password()
 
-        commands = repair_commands(desired, actual, password_for, default_acl_access=DEFAULT_ACL_ACCESS, **_ignored(settings))
+        defaults = None if defaults_match else DEFAULT_ACL_ACCESS
+        commands = repair_commands(desired, actual, password_for, default_acl_access=defaults, **_ignored(settings))
         broker.execute(commands)
-        after = _drift(desired, broker.read_state(), settings)
+        after = _drift(desired, broker.read_state(), settings, _defaults_match(broker))
         cur.connection.commit()
     return AccessReport(before, len(commands), tuple(d.username for d in lost), after)
 
@@ -66,7 +75,7 @@ def sync_broker_access(settings: Settings) -> AccessReport:
 def check_broker_access(settings: Settings) -> Drift:
     """The drift between registry and broker, changing nothing."""
     with session(settings) as (cur, broker):
-        return _drift(_desired(settings, cur), broker.read_state(), settings)
+        return _drift(_desired(settings, cur), broker.read_state(), settings, _defaults_match(broker))
 
 
 __all__ = ["AccessReport", "check_broker_access", "sync_broker_access"]
