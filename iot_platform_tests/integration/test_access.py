@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +27,7 @@ from iot_platform.stack.ports import free_port
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
 from iot_platform_tests.faults.harness import pipeline
-from iot_platform_tests.helpers import mqtt_topic, wait_for
+from iot_platform_tests.helpers import mqtt_topic, service_env, wait_for
 
 pytestmark = pytest.mark.integration
 NOT_AUTHORIZED = 0x87
@@ -265,3 +267,16 @@ def test_broker_state_matches_what_the_commands_did(registry: Settings) -> None:
     client = state.clients[f"{t}.p1.d1"]
     assert client.roles == (f"project:{t}:p1",) and client.groups == (f"tenant:{t}",) and client.client_id == f"{t}.p1.d1"
     assert {a.topic for a in state.roles[f"project:{t}:p1"]} == {mqtt_topic(registry, t, "p1") + "/#", mqtt_topic(registry, t, "") + "#"}
+
+
+def test_the_bridge_with_wrong_credentials_exits_naming_the_setting(settings: Settings) -> None:
+    """A refused CONNECT is a misconfiguration: the bridge exits 1 and its log names IOT_MQTT_PASSWORD."""
+    wrong = settings.model_copy(update={"mqtt_password": SecretStr("not-the-password")})
+    done = subprocess.run([sys.executable, "-m", "iot_platform.cli", "bridge"], env=service_env(wrong),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "IOT_MQTT_PASSWORD" in done.stdout + done.stderr
+    missing = settings.model_copy(update={"mqtt_password": None})
+    env = {k: v for k, v in service_env(missing).items() if k != "IOT_MQTT_PASSWORD"}
+    done = subprocess.run([sys.executable, "-m", "iot_platform.cli", "bridge"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "IOT_MQTT_PASSWORD" in done.stdout + done.stderr
