@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from iot_platform.access.connection import MqttCredentials
 from iot_platform.access.dynsec import DynsecClient
-from iot_platform.access.repair import create_client
+from iot_platform.access.repair import acl_json, create_client
 from iot_platform.access.state import ClientSpec, bridge_client
 from iot_platform.settings import Settings
 
@@ -47,7 +47,7 @@ def provision_mqtt_access(settings: Settings) -> Settings:
         admin.execute(
             [
                 {"command": "createRole", "rolename": bridge.role,
-                 "acls": [{"acltype": a.acltype, "topic": a.topic, "allow": a.allow} for a in bridge.acls]},
+                 "acls": [acl_json(a) for a in bridge.acls]},
                 {"command": "createRole", "rolename": publisher_role,
                  "acls": [{"acltype": "publishClientSend", "topic": settings.mqtt_topic_filter, "allow": True}]},
                 *create_client(ClientSpec(bridge.username, roles=(bridge.role,)), bridge_password),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg2
+import psycopg2.errors
 
 from iot_platform.access.connection import MqttSetupError
 from iot_platform.access.dynsec import BrokerUnavailable, DynsecError

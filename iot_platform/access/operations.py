@@ -22,7 +22,7 @@ import psycopg2.extensions
 from iot_platform.access import registry
 from iot_platform.access.dynsec import DynsecClient
 from iot_platform.access.names import project_role, tenant_role, validate_id
-from iot_platform.access.repair import create_client
+from iot_platform.access.repair import acl_json, create_client
 from iot_platform.access.state import DISABLED, ENABLED, DeviceRecord, TenantRecord, device_client, project_acls, tenant_acls
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
@@ -88,15 +88,11 @@ def _ensure_tenant_access(broker: DynsecClient, settings: Settings, tenant_id: s
     name = tenant_role(tenant_id)
     broker.execute(
         [
-            {"command": "createRole", "rolename": name, "acls": [_acl(a) for a in tenant_acls(settings.mqtt_topic_grammar, tenant_id)]},
+            {"command": "createRole", "rolename": name, "acls": [acl_json(a) for a in tenant_acls(settings.mqtt_topic_grammar, tenant_id)]},
             {"command": "createGroup", "groupname": name, "roles": [{"rolename": name}]},
         ],
         tolerate=_EXISTS,
     )
-
-
-def _acl(acl: Any) -> dict[str, Any]:
-    return {"acltype": acl.acltype, "topic": acl.topic, "allow": acl.allow, "priority": acl.priority}
 
 
 def add_tenant(settings: Settings, tenant_id: str, display_name: str = "") -> TenantRecord:
@@ -151,7 +147,7 @@ def add_device(settings: Settings, tenant_id: str, project_id: str, device_id: s
         _ensure_tenant_access(broker, settings, tenant_id)
         broker.execute(
             [{"command": "createRole", "rolename": project_role(tenant_id, project_id),
-              "acls": [_acl(a) for a in project_acls(settings.mqtt_topic_grammar, tenant_id, project_id)]}],
+              "acls": [acl_json(a) for a in project_acls(settings.mqtt_topic_grammar, tenant_id, project_id)]}],
             tolerate=_EXISTS,
         )
         broker.execute(create_client(device_client(device, tenant_enabled=True), password))
@@ -181,7 +177,7 @@ def rotate_device(settings: Settings, tenant_id: str, project_id: str, device_id
             _ensure_tenant_access(broker, settings, tenant_id)
             broker.execute(
                 [{"command": "createRole", "rolename": project_role(tenant_id, project_id),
-                  "acls": [_acl(a) for a in project_acls(settings.mqtt_topic_grammar, tenant_id, project_id)]}],
+                  "acls": [acl_json(a) for a in project_acls(settings.mqtt_topic_grammar, tenant_id, project_id)]}],
                 tolerate=_EXISTS,
             )
             broker.execute(create_client(spec, password))

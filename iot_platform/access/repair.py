@@ -14,7 +14,8 @@ from iot_platform.access.state import Acl, BrokerState, ClientSpec
 Command = dict[str, object]
 
 
-def _acl_json(acl: Acl) -> dict[str, object]:
+def acl_json(acl: Acl) -> dict[str, object]:
+    """An ACL as the dynsec API takes it."""
     return {"acltype": acl.acltype, "topic": acl.topic, "allow": acl.allow, "priority": acl.priority}
 
 
@@ -22,14 +23,14 @@ def _role_commands(desired: BrokerState, actual: BrokerState) -> list[Command]:
     commands: list[Command] = []
     for name, acls in desired.roles.items():
         if name not in actual.roles:
-            commands.append({"command": "createRole", "rolename": name, "acls": [_acl_json(a) for a in acls]})
+            commands.append({"command": "createRole", "rolename": name, "acls": [acl_json(a) for a in acls]})
             continue
         have = set(actual.roles[name])
         # An ACL is keyed by type and topic in dynsec: remove a changed one before adding its new form.
         for acl in sorted(have - set(acls)):
             commands.append({"command": "removeRoleACL", "rolename": name, "acltype": acl.acltype, "topic": acl.topic})
         for acl in sorted(set(acls) - have):
-            commands.append({"command": "addRoleACL", "rolename": name, **_acl_json(acl)})
+            commands.append({"command": "addRoleACL", "rolename": name, **acl_json(acl)})
     return commands
 
 
