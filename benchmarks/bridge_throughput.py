@@ -183,7 +183,7 @@ def main() -> int:
             )
             settings = provision_mqtt_access(settings)
             ensure_topics(settings)
-            run_transport(transport, settings, work / transport, consumer, args, stack)
+            run_transport(transport, settings, work / f"run-{transport}", consumer, args, stack)
     return 0
 
 
