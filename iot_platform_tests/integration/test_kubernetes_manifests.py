@@ -45,9 +45,6 @@ NAMESPACE = "iot"
 # IOT_* variables the manifests set before the code reads them. Each name here must NOT yet be a
 # setting (test_pending_variables_are_not_settings_yet goes red once it is: then delete it here).
 PENDING_SETTINGS = {
-    # issue 11 (authentication and TLS)
-    "IOT_MQTT_CA_FILE", "IOT_KAFKA_SECURITY_PROTOCOL", "IOT_KAFKA_SASL_MECHANISM", "IOT_KAFKA_SASL_USERNAME",
-    "IOT_KAFKA_SASL_PASSWORD", "IOT_KAFKA_SSL_CA_FILE", "IOT_PG_SSLMODE", "IOT_PG_SSLROOTCERT",
     # issue 14 (replicas with stable identities; Kubernetes, not Dagster, supervises the services)
     "IOT_REPLICA_INDEX", "IOT_BRIDGE_REPLICAS", "IOT_CONSUMER_REPLICAS", "IOT_MQTT_SHARE_GROUP",
     "IOT_DAGSTER_SUPERVISES_SERVICES",
@@ -345,12 +342,12 @@ def _mosquitto_options(text: str) -> dict[str, list[str]]:
 def test_mosquitto_keeps_the_local_brokers_delivery_limits_with_auth_and_tls() -> None:
     """Queue, inflight, autosave and expiry as the local broker; no anonymous client; TLS 8883; dynsec on the volume."""
     conf = _mosquitto_options(_config_map_data("mosquitto-config")["mosquitto.conf"])
-    local = _mosquitto_options(render_config(MosquittoConfig(port=1883, data_dir=Path("/d"), log_path=Path("/l"))))
+    local = _mosquitto_options(render_config(MosquittoConfig(plain_port=1883, data_dir=Path("/d"), log_path=Path("/l"), dynsec_plugin=Path("/p"))))
     for key in ("max_queued_messages", "max_queued_bytes", "max_inflight_messages", "max_inflight_bytes",
                 "max_packet_size", "autosave_on_changes", "autosave_interval", "persistent_client_expiration",
                 "persistence", "persistence_file"):
         assert conf[key] == local[key], key
-    assert conf["allow_anonymous"] == ["false"] and local["allow_anonymous"] == ["true"]
+    assert conf["allow_anonymous"] == local["allow_anonymous"] == ["false"]
     assert conf["listener"] == ["8883", "1883 127.0.0.1"]
     assert conf["plugin"] == ["/usr/lib/mosquitto_dynamic_security.so"]
     statefulset = _find("StatefulSet", "mosquitto")
