@@ -4,7 +4,7 @@ Guarantee: every message the broker delivers is produced to Kafka (good records 
 topic, bad input to the dead-letter topic) and acked to the broker only after Kafka confirmed it.
 A message is never acked otherwise: if the bridge dies, Kafka stalls or the connection drops, the
 broker keeps it and redelivers it, which can duplicate a message in Kafka but never loses one.
-Backpressure is the broker's inflight window: while Kafka is slow, acks stop and the broker stops
+Acks go out in the order the messages arrived (acks.py). Backpressure is the broker's inflight window: while Kafka is slow, acks stop and the broker stops
 sending. MQTT reconnects forever with jittered backoff (paho's network thread); librdkafka
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
@@ -134,7 +134,9 @@ class Bridge:
                 topic, rejection = msg._topic.decode("utf-8", "replace"), INVALID_TOPIC_ENCODING  # noqa: SLF001
             inbound = InboundMessage(topic, msg.payload, msg.qos, msg.retain, received_at_ms)
             record = build_record(inbound, self._rules) if rejection is None else dead_letter_record(inbound, rejection, self._rules)
-            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp)  # paho: time.monotonic()
+            receipt = self._gate.received(msg.mid) if msg.qos else -1
+            # msg.timestamp is paho's receive time, on time.monotonic().
+            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp, receipt=receipt)
             self.stats.received += 1
             self.stats.last_received_monotonic = item.received_monotonic
             self._producer.send(item)
