@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     bridge_id: str = Field(default_factory=_default_bridge_id, description="Bridge identity written in every record's headers.")
     mqtt_protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version of the bridge: 5 (session expiry, receive maximum) or 3.1.1 (clean_session=false).")
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
+    mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
 
     # Kafka.
