@@ -1,4 +1,8 @@
-"""`iot-platform consumer`: run the Kafka -> PostgreSQL consumer in the foreground (see service.py)."""
+"""`iot-platform consumer`: run the Kafka -> PostgreSQL consumer in the foreground (see service.py).
+
+Refuses to start (exit 1, naming the holder's pid) while another consumer of the same instance (today:
+the same consumer group) runs in this ``IOT_HOME``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ import logging
 
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.service import ConsumerService
+from iot_platform.observability.identity import IDENTITY_SETTING, service_identity
+from iot_platform.observability.instance_lock import AlreadyRunning, service_instance
 from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile
 from iot_platform.settings import Settings
+
+log = logging.getLogger("iot_platform.consumer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging(getattr(logging, args.log_level))
+    try:
+        with service_instance(settings.home, "consumer", service_identity("consumer", settings), IDENTITY_SETTING["consumer"]):
+            return _run(settings)
+    except AlreadyRunning as exc:
+        log.error("consumer not started: another one holds this instance", extra={"error": str(exc), "pid": exc.holder_pid})
+        return 1
+
+
+def _run(settings: Settings) -> int:
     metrics = ConsumerMetrics()
     metrics.serve(settings.consumer_metrics_port)
     service = ConsumerService(settings, metrics)

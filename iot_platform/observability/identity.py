@@ -1,0 +1,21 @@
+"""Which identity a service process runs as: the key of its instance lock, progress file and logs.
+
+Today one bridge per MQTT client id and one consumer per consumer group; replicas will give each
+its own identity (the bridge's client id per replica, a consumer's static group instance), and
+everything keyed by identity (locks, progress files, the watchdog's reading) takes them as they are.
+"""
+
+from __future__ import annotations
+
+from iot_platform.settings import Settings
+
+IDENTITY_SETTING = {"bridge": "IOT_MQTT_CLIENT_ID", "consumer": "IOT_KAFKA_CONSUMER_GROUP"}
+
+
+def service_identity(service: str, settings: Settings) -> str:
+    """The identity of ``service`` ("bridge" or "consumer") under ``settings``."""
+    if service == "bridge":
+        return settings.mqtt_client_id
+    if service == "consumer":
+        return settings.kafka_consumer_group
+    raise ValueError(f"unknown service {service!r}")
