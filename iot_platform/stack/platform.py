@@ -30,6 +30,7 @@ from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
 from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, wait_until
 
@@ -108,6 +109,9 @@ class LocalPlatform:
                 f"{platform_lock}, but {self.home / 'state.json'} does not record it; stop that process group, or set "
                 "IOT_HOME to another directory"
             )
+        if not self.state.alive("mosquitto"):
+            # A broker started by a package install usually holds this port: fail before starting anything.
+            ensure_port_free(self.settings.mqtt_host, self.settings.mqtt_port, "IOT_MQTT_URL")
         started: list[str] = []
         try:
             self._step("postgres", started, self._start_postgres)
