@@ -5,7 +5,10 @@ of iot.dead_letters, or (a copy the bridge produced twice, same tenant and paylo
 iot.duplicate_messages. The position of record is PostgreSQL's ``iot.ingest_offsets``, committed in
 the same transaction as the rows (see writer.py); on assignment each partition is sought to it.
 Kafka offsets are committed after the database commit, for lag monitoring only; auto commit is
-off. Database errors retry the same batch with jittered backoff, reconnecting, and never advance
+off. Records Kafka's retention deleted before they were read (the consumer was down longer than the
+topic's retention) are the one loss it cannot prevent; it makes it loud: the gap is recorded in
+``iot.expired_offsets`` in the transaction that moves past it, counted in
+``iot_consumer_records_expired_before_read`` and logged as an ERROR with its offsets. Database errors retry the same batch with jittered backoff, reconnecting, and never advance
 an offset; the consumer stays in its group meanwhile (up to ``consumer_max_poll_interval_ms``).
 On SIGTERM/SIGINT the batch in hand is written (or abandoned if the database is down), then the
 consumer leaves its group and exits 0.
@@ -200,6 +203,8 @@ class ConsumerService:
                 consumed[topic] += 1
                 kind, timestamp_ms = message.timestamp()
                 self._pending.append(classify(topic, partition, offset, message.headers(), message.value(), timestamp_ms if kind else None))
+        if self.positions.expired:  # recorded with the batch holding the records after each gap
+            self._pending.add_expired(self.positions.take_expired())
         self.metrics.record_consumed(consumed)
 
     def _database_idle(self) -> bool:
@@ -256,7 +261,8 @@ class ConsumerService:
                     extra={"dropped": len(flight.rows) - len(kept), "kept": len(kept)})
         self._in_flight = None
         if kept:
-            batch = make_batch(kept, self.settings.kafka_topic)
+            expired = tuple(e for e in flight.batch.expired if e.key not in revoked)
+            batch = make_batch(kept, self.settings.kafka_topic, expired=expired)
             self._in_flight = InFlight(kept, batch, self._db.submit(batch))
 
     def _wait(self, consumer: Consumer, flight: InFlight) -> Exception | None:
@@ -274,6 +280,11 @@ class ConsumerService:
             return exc
         self._in_flight = None
         self.metrics.record_batch(result, len(flight.rows), seconds)
+        for gap in result.expired:
+            log.error("records deleted by Kafka retention before they were read: lost", extra={
+                "topic": gap.topic, "partition": gap.partition, "first_offset": gap.first_offset,
+                "last_offset": gap.last_offset, "records": gap.records,
+            })
         self._database_commits += 1
         if self._database_commits == self.settings.fault_exit_after_commits:
             # Fault injection for the test suite: die like a SIGKILL between the two commits.
