@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, description="Dagster webserver port.")
     exit_with_parent: bool = Field(default=False, description="A service stops when the process that started it dies (set under Dagster).")
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
+    service_stall_timeout_s: float = Field(default=300.0, gt=0, description="service_watchdog kills and relaunches a service that made no progress while work waited (unacked messages, records not stored) or stopped reporting for this long.")
     bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
     consumer_metrics_port: int = Field(default=9109, ge=0, description="Prometheus port of the consumer (0: off).")
 

@@ -36,6 +36,8 @@ from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
 from iot_platform.core.topics import INVALID_TOPIC_ENCODING
+from iot_platform.observability.identity import service_identity
+from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,23 +84,25 @@ class Bridge:
         """Run until stopped; 0 after a clean stop, 1 after a fatal error."""
         collector = BridgeCollector(self.stats, lambda: self.in_flight, lambda: self._gate.connected, lambda: self._producer.retries)
         stop_metrics = serve_metrics(self._settings.bridge_metrics_port, collector)
+        progress = ProgressFile(self._settings.home, "bridge", service_identity("bridge", self._settings))
         connect_async(self._client, self._settings)
         self._client.loop_start()
         path = self._client.path
         log.log(logging.INFO if path.fast or self._settings.mqtt_client_path == "public" else logging.WARNING,
                 "bridge started", extra={**self._describe(), "paho_path": path.name, "paho_path_reason": path.reason})
         try:
-            self._main_loop()
+            self._main_loop(progress)
         except FatalProducerError as exc:
             log.critical("fatal kafka producer error: restart needed", extra={"error": str(exc)})
             self._exit_code = 1
         finally:
             self._shutdown()
+            progress.close()
             if stop_metrics:
                 stop_metrics()
         return self._exit_code
 
-    def _main_loop(self) -> None:
+    def _main_loop(self, progress: ProgressFile) -> None:
         interval = self._settings.heartbeat_interval_s
         next_heartbeat = time.monotonic() + interval
         last = (time.monotonic(), 0)
@@ -107,6 +111,7 @@ class Bridge:
             self._producer.service(0.05)
             self._gate.flush()
             now = time.monotonic()
+            progress.update(self.stats.acked, self.in_flight, now)  # for service_watchdog: acks made, messages held
             quiet_since = max(self.stats.last_received_monotonic, self._gate.connected_since)
             if self._gate.connected and now - quiet_since > self._settings.stall_timeout_s and stall_reported_for != quiet_since:
                 stall_reported_for = quiet_since

@@ -44,6 +44,8 @@ from iot_platform.consumer.positions import Positions
 from iot_platform.consumer.records import Classifier, DeadLetterRow, MessageRow
 from iot_platform.consumer.write_thread import WriteThread
 from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition, WriteResult
+from iot_platform.observability.identity import service_identity
+from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
 
@@ -96,6 +98,7 @@ class ConsumerService:
         self._last_heartbeat = self._last_lag_update = time.monotonic()
         self._heartbeat_inserted = 0
         self._lag_total = 0
+        self._progress: ProgressFile  # made in run(), under IOT_HOME
 
     def stop(self) -> None:
         self._stopping.set()
@@ -129,6 +132,7 @@ class ConsumerService:
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:
+        self._progress = ProgressFile(self.settings.home, "consumer", service_identity("consumer", self.settings))
         consumer = self._open_consumer()
         log.info("consumer started", extra={"topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
                                             "group": self.settings.kafka_consumer_group})
@@ -149,6 +153,7 @@ class ConsumerService:
                 consumer.close()  # its revocation callback still settles a batch in flight
             finally:
                 self._db.close()
+                self._progress.close()
             log.info("consumer stopped", extra={"totals": vars(self.metrics.totals)})
         return 0
 
@@ -323,6 +328,9 @@ class ConsumerService:
         if now - self._last_lag_update >= 1.0:
             self._lag_total = self._update_lag(consumer)
             self._last_lag_update = now
+        # For service_watchdog: batches committed, and records waiting (in Kafka, pending, in flight).
+        in_flight = self._in_flight
+        self._progress.update(self._database_commits, self._lag_total + len(self._pending) + (len(in_flight.rows) if in_flight else 0), now)
         if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
             return
         totals = self.metrics.totals
