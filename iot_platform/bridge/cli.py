@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from iot_platform.observability.identity import IDENTITY_SETTING, service_identity
-from iot_platform.observability.instance_lock import AlreadyRunning, service_instance
+from iot_platform.observability.identity import run_as_only_instance
 from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile
@@ -28,12 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging(getattr(logging, args.log_level))
-    try:
-        with service_instance(settings.home, "bridge", service_identity("bridge", settings), IDENTITY_SETTING["bridge"]):
-            return _run(settings)
-    except AlreadyRunning as exc:
-        log.error("bridge not started: another one holds this client id", extra={"error": str(exc), "pid": exc.holder_pid})
-        return 1
+    return run_as_only_instance("bridge", settings, lambda: _run(settings))
 
 
 def _run(settings: Settings) -> int:

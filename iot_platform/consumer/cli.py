@@ -11,14 +11,11 @@ import logging
 
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.service import ConsumerService
-from iot_platform.observability.identity import IDENTITY_SETTING, service_identity
-from iot_platform.observability.instance_lock import AlreadyRunning, service_instance
+from iot_platform.observability.identity import run_as_only_instance
 from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile
 from iot_platform.settings import Settings
-
-log = logging.getLogger("iot_platform.consumer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging(getattr(logging, args.log_level))
-    try:
-        with service_instance(settings.home, "consumer", service_identity("consumer", settings), IDENTITY_SETTING["consumer"]):
-            return _run(settings)
-    except AlreadyRunning as exc:
-        log.error("consumer not started: another one holds this instance", extra={"error": str(exc), "pid": exc.holder_pid})
-        return 1
+    return run_as_only_instance("consumer", settings, lambda: _run(settings))
 
 
 def _run(settings: Settings) -> int:

@@ -7,6 +7,10 @@ everything keyed by identity (locks, progress files, the watchdog's reading) tak
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
+from iot_platform.observability.instance_lock import AlreadyRunning, service_instance
 from iot_platform.settings import Settings
 
 IDENTITY_SETTING = {"bridge": "IOT_MQTT_CLIENT_ID", "consumer": "IOT_KAFKA_CONSUMER_GROUP"}
@@ -19,3 +23,17 @@ def service_identity(service: str, settings: Settings) -> str:
     if service == "consumer":
         return settings.kafka_consumer_group
     raise ValueError(f"unknown service {service!r}")
+
+
+def run_as_only_instance(service: str, settings: Settings, main: Callable[[], int]) -> int:
+    """Run ``main`` holding the lock of this service identity; exit 1, naming the holder's pid, when
+    another process holds it (see instance_lock.py)."""
+    identity = service_identity(service, settings)
+    try:
+        with service_instance(settings.home, service, identity, IDENTITY_SETTING[service]):
+            return main()
+    except AlreadyRunning as exc:
+        logging.getLogger(f"iot_platform.{service}").error(
+            f"{service} not started: another one runs with this identity", extra={"error": str(exc), "pid": exc.holder_pid}
+        )
+        return 1

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from iot_platform.consumer.backlog import PartitionBacklog, kafka_backlog
+from iot_platform.devices.backlog import PartitionBacklog, kafka_backlog
 from iot_platform.core.rollup import hour_of
 from iot_platform.orchestration.assets.rollups import HOURLY, iot_rollup_hourly
 from iot_platform.orchestration.assets.sources import iot_messages

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iot_platform.consumer.backlog import PartitionBacklog
+from iot_platform.devices.backlog import PartitionBacklog
 
 HOUR_MS = 3_600_000
 NOW_MS = 1_000 * HOUR_MS

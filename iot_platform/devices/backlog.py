@@ -2,8 +2,8 @@
 
 Kafka deletes a record once it is older than the topic's ``retention.ms`` (whole segments at a time,
 so never earlier), whether or not the consumer has read it. Reading, per partition of both topics,
-the consumer's stored position (PostgreSQL), the watermarks and the timestamp of the first record
-not yet stored tells how close the oldest waiting record is to that deletion: the warning comes at
+the consumer's stored position (PostgreSQL) and the watermarks (as `iot-platform verify` reads
+them), and the timestamp of the first record not yet stored, tells how close the oldest waiting record is to that deletion: the warning comes at
 half the retention, while there is still time to act. Read-only; every call has a timeout.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from iot_platform.devices.verify import kafka_offsets
 from iot_platform.settings import Settings
-from iot_platform.storage.audit import consumed_offsets
 
 TIMEOUT_S = 10.0
 
@@ -56,9 +56,9 @@ class PartitionBacklog:
 
 def kafka_backlog(settings: Settings, timeout_s: float = TIMEOUT_S) -> list[PartitionBacklog]:
     """Every partition of the messages and dead-letter topics, with its oldest unconsumed record's timestamp."""
-    topics = [settings.kafka_topic, settings.kafka_dlq_topic]
-    stored = consumed_offsets(settings)
-    retention = _retention_ms(settings, topics, timeout_s)
+    offsets = kafka_offsets(settings, timeout_s)
+    retention = _retention_ms(settings, sorted({p.topic for p in offsets}), timeout_s)
+    found = [PartitionBacklog(p.topic, p.partition, p.stored_next or 0, p.low, p.high, retention[p.topic]) for p in offsets]
     consumer = Consumer({
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": f"iot-backlog-{uuid.uuid4().hex[:8]}",
@@ -67,14 +67,6 @@ def kafka_backlog(settings: Settings, timeout_s: float = TIMEOUT_S) -> list[Part
         "socket.timeout.ms": int(timeout_s * 1000),
     })
     try:
-        found = []
-        for topic in topics:
-            metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-            if metadata.error is not None:
-                raise RuntimeError(f"Kafka topic {topic!r}: {metadata.error}")
-            for partition in sorted(metadata.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s, cached=False)
-                found.append(PartitionBacklog(topic, partition, stored.get((topic, partition), 0), low, high, retention[topic]))
         return _with_oldest_timestamps(consumer, found, timeout_s)
     finally:
         consumer.close()
