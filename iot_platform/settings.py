@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     mqtt_keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     mqtt_connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one MQTT connect attempt.")
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="How long the broker keeps the bridge's session.")
-    mqtt_receive_maximum: int = Field(default=1000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send at once.")
+    mqtt_receive_maximum: int = Field(default=1000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send at once; the bridge reads nothing more while it holds this many (its memory bound).")
     id_pattern: str = Field(default=DEFAULT_ID_PATTERN, description="Regular expression for tenant and project ids.")
     max_payload_bytes: int = Field(default=900_000, gt=0, description="Larger payloads go to the dead-letter topic.")
     stall_timeout_s: float = Field(default=120.0, gt=0, description="Connected but nothing received for this long: log a stall.")
