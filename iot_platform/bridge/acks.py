@@ -48,8 +48,8 @@ class InFlight:
     message: InboundMessage
     record: KafkaRecord
     received_monotonic: float
-    attempts: int = 0
     receipt: int = -1
+    attempts: int = 0
 
 
 class AckGate:

@@ -155,7 +155,7 @@ class Bridge:
             record = build_record(inbound, self._rules) if rejection is None else dead_letter_record(inbound, rejection, self._rules)
             receipt = self._gate.received(msg.mid) if msg.qos else -1
             # msg.timestamp is paho's receive time, on time.monotonic().
-            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp, receipt=receipt)
+            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp, receipt)
             self.stats.received += 1
             self.stats.last_received_monotonic = item.received_monotonic
             self._producer.send(item)
