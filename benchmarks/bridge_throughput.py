@@ -6,7 +6,8 @@ Kafka), then measures, for each transport of --transport (plain MQTT and MQTT ov
 
 1. drain: N messages wait in the bridge's persistent session (published while it was stopped);
    the bridge is started and we time how fast they reach Kafka (sum of high watermarks) -- the
-   bridge's sustained msg/s, without a publisher competing for the CPU;
+   bridge's sustained msg/s, without a publisher competing for the CPU -- and read the bridge's
+   peak resident memory (VmHWM) after the drain, against an idle bridge's;
 2. live: a publisher sends at a fixed rate while the bridge runs; delivery latency (MQTT receipt
    to Kafka confirmation) p50/p99 comes from the bridge's own histogram (/metrics), the end-to-end
    rate from Kafka.
@@ -71,6 +72,15 @@ def max_in_flight(workdir: Path) -> int:
             if '"heartbeat"' in line:
                 values.append(int(json.loads(line)["in_flight"]))
     return max(values)
+
+
+def peak_rss_mib(process: subprocess.Popen[bytes]) -> float:
+    """The process's peak resident set so far (VmHWM), in MiB."""
+    with open(f"/proc/{process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
 
 def stop_bridge(process: subprocess.Popen[bytes]) -> None:
@@ -193,7 +203,9 @@ def run_transport(
     work.mkdir(parents=True)
     metrics_port = settings.bridge_metrics_port
     # Phase 1 (drain): the session exists, the bridge is stopped, the broker queues N messages.
-    stop_bridge(start_bridge(settings, work))
+    idle = start_bridge(settings, work)
+    idle_rss = peak_rss_mib(idle)
+    stop_bridge(idle)
     pub = publisher(settings)
     stack.callback(pub.loop_stop)
     t0 = time.monotonic()
@@ -203,9 +215,11 @@ def run_transport(
     stack.callback(lambda: bridge.poll() is None and bridge.kill())
     drain_rate, took = measure_rate(consumer, settings.kafka_topic, args.messages, 120)
     drain_latency = scrape_latency(metrics_port)
+    drain_rss = peak_rss_mib(bridge)
     print(f"[{transport}] drain: {args.messages} messages in {took:.1f}s, sustained {drain_rate:,.0f} msg/s "
           f"= {1e6 / drain_rate:.1f} us/msg (latency under saturation p50 {drain_latency.quantile(0.5) * 1000:.1f} ms, "
           f"p99 {drain_latency.quantile(0.99) * 1000:.1f} ms, max in flight {max_in_flight(work)})")
+    print(f"[{transport}] bridge peak RSS (VmHWM): {drain_rss:.1f} MiB after the drain, {idle_rss:.1f} MiB when subscribed and idle")
     stop_bridge(bridge)
 
     # Phase 2 (live): publish at a fixed rate while the bridge runs.

@@ -5,7 +5,7 @@ N QoS 1 messages and waits for every PUBACK (publish rate measured), the broker 
 restarted, and the session reconnects to count what survived. Every message counted as lost was
 acknowledged to its publisher by the broker.
 
-    .venv/bin/python benchmarks/mosquitto_autosave.py --messages 20000
+    .venv/bin/python benchmarks/mosquitto_autosave.py --messages 25000 --settings seconds:1 changes:1000
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+
+from mqtt_burst_redelivery import parse_autosave  # this folder, beside this script
 
 from iot_platform.access.dynsec import DynsecClient
 from iot_platform.access.repair import create_client
@@ -102,9 +104,12 @@ def _count_survivors(port: int, expected: int) -> int:
     return received
 
 
-def run(autosave_changes: int, messages: int) -> tuple[float, int]:
+def run(autosave: tuple[int, bool], messages: int) -> tuple[float, int]:
+    interval, on_changes = autosave
     with tempfile.TemporaryDirectory() as workdir:
-        server = MosquittoServer(Path(workdir), free_port(), autosave_changes=autosave_changes, admin=new_admin()).start()
+        server = MosquittoServer(
+            Path(workdir), free_port(), autosave_interval=interval, autosave_on_changes=on_changes, admin=new_admin()
+        ).start()
         try:
             _provision(server)
             _subscribe_offline(server.port)
@@ -120,12 +125,14 @@ def run(autosave_changes: int, messages: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--settings", type=int, nargs="+", default=[1_000_000_000, 10_000, 1_000, 100])
+    parser.add_argument("--settings", type=parse_autosave, nargs="+",
+                        default=[parse_autosave(s) for s in ("changes:1000000000", "seconds:1", "changes:1000")],
+                        help="seconds:N (the platform's: seconds:1) or changes:N (autosave_on_changes)")
     args = parser.parse_args()
-    print(f"{'autosave changes':>18} {'publish msg/s':>14} {'lost on SIGKILL':>16}")
-    for changes in args.settings:
-        rate, lost = run(changes, args.messages)
-        label = "never (1e9)" if changes >= 1_000_000_000 else str(changes)
+    print(f"{'autosave':>18} {'publish msg/s':>14} {'lost on SIGKILL':>16}")
+    for interval, on_changes in args.settings:
+        rate, lost = run((interval, on_changes), args.messages)
+        label = "never (1e9 changes)" if interval >= 1_000_000_000 else f"{'changes' if on_changes else 'seconds'}:{interval}"
         print(f"{label:>18} {rate:>14,.0f} {lost:>16,}")
 
 

@@ -3,6 +3,11 @@
 # dynamic-security plugin) and its command-line clients (the README's device example), a JDK and Maven (for the
 # Kafka jars, resolved into ~/.m2 from deploy/kafka/pom.xml), PostgreSQL server binaries.
 # As root it installs missing Debian packages; otherwise it says, in one line, what to install.
+#
+# It never stops a process it did not start. Installing Debian's mosquitto package may start a
+# system-wide broker on port 1883; only a broker that this very install started is stopped again
+# (the platform runs its own). A broker that was already running is left alone: if it holds the
+# platform's port, `iot-platform dev up` fails and names the setting to change (IOT_MQTT_URL).
 set -euo pipefail
 
 missing=()
@@ -14,15 +19,18 @@ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    brokers_before=" $(pgrep -x mosquitto | tr '\n' ' ') "
     echo "installing: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    for pid in $(pgrep -x mosquitto || true); do
+      case "$brokers_before" in
+        *" $pid "*) ;;  # running before this install: not ours to stop
+        *) echo "stopping the broker the mosquitto package started (pid $pid)"; kill "$pid" || true ;;
+      esac
+    done
   else
     echo "missing system packages; install them with: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
-fi
-# A package install may start a system-wide broker on 1883; the platform runs its own.
-if [ "$(id -u)" -eq 0 ] && pgrep -x mosquitto -u mosquitto >/dev/null 2>&1; then
-  pkill -x -u mosquitto mosquitto || true
 fi

@@ -59,13 +59,14 @@ class Settings(BaseSettings):
     mqtt_keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     mqtt_connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one MQTT connect attempt.")
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="How long the broker keeps the bridge's session.")
-    mqtt_receive_maximum: int = Field(default=1000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send at once.")
+    mqtt_receive_maximum: int = Field(default=1000, ge=1, le=65535, description="Unacked QoS 1 messages the broker may send at once; the bridge reads nothing more while it holds this many (its memory bound).")
     id_pattern: str = Field(default=DEFAULT_ID_PATTERN, description="Regular expression for tenant and project ids.")
     max_payload_bytes: int = Field(default=900_000, gt=0, description="Larger payloads go to the dead-letter topic.")
     stall_timeout_s: float = Field(default=120.0, gt=0, description="Connected but nothing received for this long: log a stall.")
     bridge_id: str = Field(default_factory=_default_bridge_id, description="Bridge identity written in every record's headers.")
     mqtt_protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version of the bridge: 5 (session expiry, receive maximum) or 3.1.1 (clean_session=false).")
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
+    mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
 
     # Kafka.
@@ -115,6 +116,7 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, description="Dagster webserver port.")
     exit_with_parent: bool = Field(default=False, description="A service stops when the process that started it dies (set under Dagster).")
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
+    service_stall_timeout_s: float = Field(default=300.0, gt=0, description="service_watchdog kills and relaunches a service that made no progress while work waited (unacked messages, records not stored) or stopped reporting for this long.")
     bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
     consumer_metrics_port: int = Field(default=9109, ge=0, description="Prometheus port of the consumer (0: off).")
 

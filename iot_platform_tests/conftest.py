@@ -46,7 +46,8 @@ def postgres_server(stack_dir: Path) -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def kafka_server(stack_dir: Path) -> Iterator[KafkaServer]:
-    server = KafkaServer(stack_dir / "kafka", free_port(), free_port())
+    # Retention checks every second (Kafka: 5 min), so a test can watch retention delete records.
+    server = KafkaServer(stack_dir / "kafka", free_port(), free_port(), retention_check_interval_ms=1000)
     try:
         yield server.start()
     finally:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 after SIGTERM/SIGINT (or the parent's death under ``IOT_EXIT_WITH_PARENT``) once the
 producer is flushed and delivered messages are acked; 1 after a fatal error (fatal producer error,
-subscription refused, bad configuration). Either way no unconfirmed message was acked, so the
+subscription refused, bad configuration, another bridge with the same client id already running in
+this ``IOT_HOME``). Either way no unconfirmed message was acked, so the
 supervisor may simply start it again.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from iot_platform.observability.identity import run_as_only_instance
 from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile
@@ -25,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging(getattr(logging, args.log_level))
+    return run_as_only_instance("bridge", settings, lambda: _run(settings))
+
+
+def _run(settings: Settings) -> int:
     from iot_platform.bridge.service import Bridge  # imported here so `--help` needs no network library
     from iot_platform.access.connection import MqttSetupError, require_bridge_credentials
     from iot_platform.core.topics import GrammarError

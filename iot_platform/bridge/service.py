@@ -4,8 +4,11 @@ Guarantee: every message the broker delivers is produced to Kafka (good records 
 topic, bad input to the dead-letter topic) and acked to the broker only after Kafka confirmed it.
 A message is never acked otherwise: if the bridge dies, Kafka stalls or the connection drops, the
 broker keeps it and redelivers it, which can duplicate a message in Kafka but never loses one.
-Backpressure is the broker's inflight window: while Kafka is slow, acks stop and the broker stops
-sending. MQTT reconnects forever with jittered backoff (paho's network thread); librdkafka
+Acks go out in the order the messages arrived (acks.py). Backpressure is the broker's inflight
+window: while Kafka is slow, acks stop and the broker stops sending; and because Mosquitto 2.0.11
+sends a resuming session more than the window, the bridge also stops reading its socket while it
+holds ``mqtt_receive_maximum`` unacked messages, so its memory is bounded by the window, not by
+the broker's backlog. MQTT reconnects forever with jittered backoff (paho's network thread); librdkafka
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
@@ -28,10 +31,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from iot_platform.bridge.acks import AckGate, InFlight
 from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.bridge.metrics import BridgeCollector, BridgeStats, serve_metrics
-from iot_platform.bridge.mqtt_session import BridgeClient, connect_async, make_client, subscribe
+from iot_platform.bridge.mqtt_session import connect_async, make_client, subscribe
+from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
 from iot_platform.core.topics import INVALID_TOPIC_ENCODING
+from iot_platform.observability.identity import service_identity
+from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,11 @@ class Bridge:
         self._settings = settings
         self._rules = RecordRules.from_settings(settings)
         self.stats = BridgeStats()
-        self._client: BridgeClient = make_client(settings)
+        self._client: PublicBridgeClient = make_client(settings)
         self._gate = AckGate(self._client.send_pubacks, self.stats)
         self._producer = ReliableProducer(settings, self._rules, self._delivered, self._gate.is_stale)
+        self._window = settings.mqtt_receive_maximum
+        self._client.pause_reading_while(self._over_window, self._gate.acks_sent)
         self._stop = threading.Event()
         self._receiving = True
         self._exit_code = 0
@@ -68,25 +76,34 @@ class Bridge:
         s = self.stats
         return s.received - s.acked - s.acks_discarded - self._producer.stale_failures
 
+    def _over_window(self) -> bool:
+        """As many unacked messages held as the window allows (paho's thread, before every packet read)."""
+        s = self.stats
+        return s.received - s.acked - s.acks_discarded - self._producer.stale_failures >= self._window and self._gate.connected
+
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 after a fatal error."""
         collector = BridgeCollector(self.stats, lambda: self.in_flight, lambda: self._gate.connected, lambda: self._producer.retries)
         stop_metrics = serve_metrics(self._settings.bridge_metrics_port, collector)
+        progress = ProgressFile(self._settings.home, "bridge", service_identity("bridge", self._settings))
         connect_async(self._client, self._settings)
         self._client.loop_start()
-        log.info("bridge started", extra=self._describe())
+        path = self._client.path
+        log.log(logging.INFO if path.fast or self._settings.mqtt_client_path == "public" else logging.WARNING,
+                "bridge started", extra={**self._describe(), "paho_path": path.name, "paho_path_reason": path.reason})
         try:
-            self._main_loop()
+            self._main_loop(progress)
         except FatalProducerError as exc:
             log.critical("fatal kafka producer error: restart needed", extra={"error": str(exc)})
             self._exit_code = 1
         finally:
             self._shutdown()
+            progress.close()
             if stop_metrics:
                 stop_metrics()
         return self._exit_code
 
-    def _main_loop(self) -> None:
+    def _main_loop(self, progress: ProgressFile) -> None:
         interval = self._settings.heartbeat_interval_s
         next_heartbeat = time.monotonic() + interval
         last = (time.monotonic(), 0)
@@ -95,6 +112,7 @@ class Bridge:
             self._producer.service(0.05)
             self._gate.flush()
             now = time.monotonic()
+            progress.update(self.stats.acked, self.in_flight, now)  # for service_watchdog: acks made, messages held
             quiet_since = max(self.stats.last_received_monotonic, self._gate.connected_since)
             if self._gate.connected and now - quiet_since > self._settings.stall_timeout_s and stall_reported_for != quiet_since:
                 stall_reported_for = quiet_since
@@ -132,10 +150,13 @@ class Bridge:
             try:
                 topic, rejection = msg.topic, None
             except UnicodeDecodeError:  # brokers should refuse these; dead-letter, never crash
-                topic, rejection = msg._topic.decode("utf-8", "replace"), INVALID_TOPIC_ENCODING  # noqa: SLF001
+                raw = getattr(msg, "_topic", b"")  # paho keeps the undecodable bytes only there
+                topic, rejection = raw.decode("utf-8", "replace"), INVALID_TOPIC_ENCODING
             inbound = InboundMessage(topic, msg.payload, msg.qos, msg.retain, received_at_ms)
             record = build_record(inbound, self._rules) if rejection is None else dead_letter_record(inbound, rejection, self._rules)
-            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp)  # paho: time.monotonic()
+            receipt = self._gate.received(msg.mid) if msg.qos else -1
+            # msg.timestamp is paho's receive time, on time.monotonic().
+            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp, receipt)
             self.stats.received += 1
             self.stats.last_received_monotonic = item.received_monotonic
             self._producer.send(item)

@@ -1,4 +1,8 @@
-"""`iot-platform consumer`: run the Kafka -> PostgreSQL consumer in the foreground (see service.py)."""
+"""`iot-platform consumer`: run the Kafka -> PostgreSQL consumer in the foreground (see service.py).
+
+Refuses to start (exit 1, naming the holder's pid) while another consumer of the same instance (today:
+the same consumer group) runs in this ``IOT_HOME``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.service import ConsumerService
+from iot_platform.observability.identity import run_as_only_instance
 from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile
@@ -19,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging(getattr(logging, args.log_level))
+    return run_as_only_instance("consumer", settings, lambda: _run(settings))
+
+
+def _run(settings: Settings) -> int:
     metrics = ConsumerMetrics()
     metrics.serve(settings.consumer_metrics_port)
     service = ConsumerService(settings, metrics)

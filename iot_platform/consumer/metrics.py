@@ -26,6 +26,7 @@ class Totals:
     batches: int = 0
     database_errors: int = 0
     kafka_reopened: int = 0
+    expired_before_read: int = 0
 
 
 class ConsumerMetrics:
@@ -45,6 +46,11 @@ class ConsumerMetrics:
         self.database_errors = Counter("iot_consumer_database_errors", "Failed batch attempts (retried, offsets not advanced).", registry=r)
         self.kafka_reopened = Counter(
             "iot_consumer_kafka_reopened", "Kafka clients reopened after the group gave no assignment for too long.", registry=r
+        )
+        self.expired_before_read = Counter(
+            "iot_consumer_records_expired_before_read",
+            "Kafka records deleted by retention before the consumer read them (lost; ranges in iot.expired_offsets).",
+            ["topic", "partition"], registry=r,
         )
         self.lag = Gauge("iot_consumer_lag", "Records in Kafka not yet stored, per partition.", ["topic", "partition"], registry=r)
         self.batch_seconds = Histogram("iot_consumer_batch_seconds", "Time to write one batch.", buckets=BATCH_BUCKETS_S, registry=r)
@@ -75,6 +81,9 @@ class ConsumerMetrics:
         for source, count in result.dead_letters.items():
             self.dead_lettered.labels(source).inc(count)
             t.dead_lettered += count
+        for gap in result.expired:
+            self.expired_before_read.labels(gap.topic, str(gap.partition)).inc(gap.records)
+            t.expired_before_read += gap.records
         self.batch_seconds.observe(seconds)
         self.batch_rows.observe(records)
 

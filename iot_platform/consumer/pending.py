@@ -7,7 +7,7 @@ batch over costs a join instead of a formatting pass that the database thread wo
 from __future__ import annotations
 
 from iot_platform.consumer.copy_format import copy_line
-from iot_platform.consumer.positions import TopicPartitionKey
+from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
 from iot_platform.consumer.writer import Batch
 
@@ -20,9 +20,12 @@ def row_key(row: Row, messages_topic: str) -> TopicPartitionKey:
     return (row.kafka_topic, row.kafka_partition)
 
 
-def make_batch(rows: list[Row], messages_topic: str, copy_lines: list[str] | None = None) -> Batch:
+def make_batch(
+    rows: list[Row], messages_topic: str, copy_lines: list[str] | None = None, expired: tuple[ExpiredRange, ...] = ()
+) -> Batch:
     """The batch of ``rows``: next offset per partition = its highest offset + 1; COPY text included
-    (``copy_lines``: the message rows' lines, in order, when already formatted)."""
+    (``copy_lines``: the message rows' lines, in order, when already formatted); ``expired``: the gaps
+    its records move past, recorded in the same transaction."""
     messages = [r for r in rows if isinstance(r, MessageRow)]
     letters = [r for r in rows if isinstance(r, DeadLetterRow)]
     next_offsets: dict[TopicPartitionKey, int] = {}
@@ -32,7 +35,7 @@ def make_batch(rows: list[Row], messages_topic: str, copy_lines: list[str] | Non
         if offset > next_offsets.get(key, -1):
             next_offsets[key] = offset
     lines = copy_lines if copy_lines is not None else [copy_line(r) for r in messages]
-    return Batch(messages, letters, next_offsets, "".join(lines).encode())
+    return Batch(messages, letters, next_offsets, "".join(lines).encode(), expired)
 
 
 class PendingBatch:
@@ -40,6 +43,7 @@ class PendingBatch:
         self._messages_topic = messages_topic
         self._rows: list[Row] = []
         self._lines: list[str] = []  # COPY lines of the message rows among self._rows, in order
+        self._expired: list[ExpiredRange] = []  # gaps the pending records move past
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -49,8 +53,13 @@ class PendingBatch:
         if isinstance(row, MessageRow):
             self._lines.append(copy_line(row))
 
+    def add_expired(self, ranges: list[ExpiredRange]) -> None:
+        """Gaps found before records now pending: they are recorded with the batch that holds those records."""
+        self._expired.extend(ranges)
+
     def drop(self, partitions: set[TopicPartitionKey]) -> None:
         """Forget the records of ``partitions`` (revoked: their next owner reads them again)."""
+        self._expired = [e for e in self._expired if e.key not in partitions]
         kept = [(r, row_key(r, self._messages_topic)) for r in self._rows]
         if all(key not in partitions for _, key in kept):
             return
@@ -63,6 +72,6 @@ class PendingBatch:
         """The pending records and their batch, leaving nothing pending (None when there is none)."""
         if not self._rows:
             return None
-        rows, lines = self._rows, self._lines
-        self._rows, self._lines = [], []
-        return rows, make_batch(rows, self._messages_topic, lines)
+        rows, lines, expired = self._rows, self._lines, tuple(self._expired)
+        self._rows, self._lines, self._expired = [], [], []
+        return rows, make_batch(rows, self._messages_topic, lines, expired)

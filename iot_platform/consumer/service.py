@@ -5,7 +5,10 @@ of iot.dead_letters, or (a copy the bridge produced twice, same tenant and paylo
 iot.duplicate_messages. The position of record is PostgreSQL's ``iot.ingest_offsets``, committed in
 the same transaction as the rows (see writer.py); on assignment each partition is sought to it.
 Kafka offsets are committed after the database commit, for lag monitoring only; auto commit is
-off. Database errors retry the same batch with jittered backoff, reconnecting, and never advance
+off. Records Kafka's retention deleted before they were read (the consumer was down longer than the
+topic's retention) are the one loss it cannot prevent; it makes it loud: the gap is recorded in
+``iot.expired_offsets`` in the transaction that moves past it, counted in
+``iot_consumer_records_expired_before_read`` and logged as an ERROR with its offsets. Database errors retry the same batch with jittered backoff, reconnecting, and never advance
 an offset; the consumer stays in its group meanwhile (up to ``consumer_max_poll_interval_ms``).
 On SIGTERM/SIGINT the batch in hand is written (or abandoned if the database is down), then the
 consumer leaves its group and exits 0.
@@ -42,6 +45,8 @@ from iot_platform.consumer.positions import Positions
 from iot_platform.consumer.records import Classifier, DeadLetterRow, MessageRow
 from iot_platform.consumer.write_thread import WriteThread
 from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition, WriteResult
+from iot_platform.observability.identity import service_identity
+from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
 
@@ -98,6 +103,7 @@ class ConsumerService:
         self._last_heartbeat = self._last_lag_update = time.monotonic()
         self._heartbeat_inserted = 0
         self._lag_total = 0
+        self._progress: ProgressFile  # made in run(), under IOT_HOME
 
     def stop(self) -> None:
         self._stopping.set()
@@ -139,6 +145,7 @@ class ConsumerService:
             return 1
 
     def _run(self) -> int:
+        self._progress = ProgressFile(self.settings.home, "consumer", service_identity("consumer", self.settings))
         consumer = self._open_consumer()
         log.info("consumer started", extra={"topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
                                             "group": self.settings.kafka_consumer_group})
@@ -159,6 +166,7 @@ class ConsumerService:
                 consumer.close()  # its revocation callback still settles a batch in flight
             finally:
                 self._db.close()
+                self._progress.close()
             log.info("consumer stopped", extra={"totals": vars(self.metrics.totals)})
         return 0
 
@@ -215,6 +223,8 @@ class ConsumerService:
                 consumed[topic] += 1
                 kind, timestamp_ms = message.timestamp()
                 self._pending.append(classify(topic, partition, offset, message.headers(), message.value(), timestamp_ms if kind else None))
+        if self.positions.expired:  # recorded with the batch holding the records after each gap
+            self._pending.add_expired(self.positions.take_expired())
         self.metrics.record_consumed(consumed)
 
     def _database_idle(self) -> bool:
@@ -277,7 +287,8 @@ class ConsumerService:
                     extra={"dropped": len(flight.rows) - len(kept), "kept": len(kept)})
         self._in_flight = None
         if kept:
-            batch = make_batch(kept, self.settings.kafka_topic)
+            expired = tuple(e for e in flight.batch.expired if e.key not in revoked)
+            batch = make_batch(kept, self.settings.kafka_topic, expired=expired)
             self._in_flight = InFlight(kept, batch, self._db.submit(batch))
 
     def _wait(self, consumer: Consumer, flight: InFlight) -> Exception | None:
@@ -295,6 +306,11 @@ class ConsumerService:
             return exc
         self._in_flight = None
         self.metrics.record_batch(result, len(flight.rows), seconds)
+        for gap in result.expired:
+            log.error("records deleted by Kafka retention before they were read: lost", extra={
+                "topic": gap.topic, "partition": gap.partition, "first_offset": gap.first_offset,
+                "last_offset": gap.last_offset, "records": gap.records,
+            })
         self._database_commits += 1
         if self._database_commits == self.settings.fault_exit_after_commits:
             # Fault injection for the test suite: die like a SIGKILL between the two commits.
@@ -333,6 +349,9 @@ class ConsumerService:
         if now - self._last_lag_update >= 1.0:
             self._lag_total = self._update_lag(consumer)
             self._last_lag_update = now
+        # For service_watchdog: batches committed, and records waiting (in Kafka, pending, in flight).
+        in_flight = self._in_flight
+        self._progress.update(self._database_commits, self._lag_total + len(self._pending) + (len(in_flight.rows) if in_flight else 0), now)
         if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
             return
         totals = self.metrics.totals

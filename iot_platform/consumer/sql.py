@@ -104,3 +104,12 @@ UPDATE iot.ingest_offsets o SET next_offset = v.next_offset, updated_at = now()
 FROM (VALUES %s) AS v (topic, partition, next_offset)
 WHERE o.topic = v.topic AND o.partition = v.partition
 """
+
+# Offsets Kafka's retention deleted before the consumer read them, recorded with the batch that moves
+# past them; a replay of that batch records nothing new.
+INSERT_EXPIRED = """
+INSERT INTO iot.expired_offsets (topic, partition, first_offset, last_offset)
+VALUES %s
+ON CONFLICT DO NOTHING
+RETURNING topic, partition, first_offset, last_offset
+"""

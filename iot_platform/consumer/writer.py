@@ -1,7 +1,8 @@
 """One consumer batch -> one PostgreSQL transaction: rows, dead letters and next offsets together.
 
 Guarantee (exactly-once effect): the rows of a batch and the ``iot.ingest_offsets`` positions after
-it commit atomically. Inside the transaction each partition's offset row is locked and records
+it commit atomically, together with the offset ranges it moves past that Kafka's retention deleted
+before they were read (``iot.expired_offsets``: a recorded loss, never a silent one). Inside the transaction each partition's offset row is locked and records
 below the stored position are skipped, so a batch written twice (a retry after a commit whose
 outcome was lost, a zombie consumer after a rebalance) adds nothing. Rows go through COPY into a
 temporary staging table, then one INSERT (re-run with ``ON CONFLICT DO NOTHING`` should a replay
@@ -28,7 +29,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from iot_platform.consumer import copy_format, sql
-from iot_platform.consumer.positions import TopicPartitionKey
+from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow, rejected
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect, is_infrastructure_error
@@ -47,6 +48,7 @@ class Batch:
     # copy_format.copy_data(messages), when the reading thread formatted it ahead (keeps that Python
     # work, which holds the GIL, off the database thread's critical path).
     messages_copy: bytes | None = None
+    expired: tuple[ExpiredRange, ...] = ()  # gaps (deleted by retention before they were read) this batch moves past
 
 
 @dataclass
@@ -57,6 +59,7 @@ class WriteResult:
     json_dropped: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)  # by source
     duplicate_dead_letters: int = 0  # later copies of a bad message, by its message id
+    expired: list[ExpiredRange] = field(default_factory=list)  # gaps recorded by this transaction (not seen before)
 
 
 class MissingPartition(Exception):
@@ -146,6 +149,12 @@ class BatchWriter:
             letters += self._store_messages(cur, fresh, result, top_level=True, data=ahead)
         if letters:
             self._store_dead_letters(cur, letters, result)
+        # A gap below the stored position was recorded (or stored past) by whoever wrote that position.
+        expired = [e for e in batch.expired if e.first_offset >= stored.get(e.key, 0)]
+        if expired:
+            values = [(e.topic, e.partition, e.first_offset, e.last_offset) for e in expired]
+            rows = psycopg2.extras.execute_values(cur, sql.INSERT_EXPIRED, values, fetch=True)
+            result.expired = [ExpiredRange(t, p, first, last) for t, p, first, last in rows]
         advanced = [(t, p, max(n, stored.get((t, p), 0))) for (t, p), n in sorted(batch.next_offsets.items())]
         psycopg2.extras.execute_values(cur, sql.UPDATE_OFFSETS, advanced, template="(%s, %s::int, %s::bigint)")
         return result

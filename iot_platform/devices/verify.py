@@ -1,6 +1,7 @@
 """Read what the platform stored and what Kafka holds, and build the verification report.
 
-Read-only: SELECTs on ``iot.messages``, ``iot.dead_letters`` and ``iot.ingest_offsets``, and a
+Read-only: SELECTs on ``iot.messages``, ``iot.dead_letters``, ``iot.ingest_offsets`` and
+``iot.expired_offsets`` (records Kafka deleted before the consumer read them), and a
 watermark query per Kafka partition (a consumer that never joins its group nor commits). Every call
 has a timeout. ``wait_until_drained`` polls until the consumer has stored every record Kafka holds,
 so a verification right after a run does not count messages still in flight as lost.
@@ -18,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from iot_platform.devices.verify_report import Expectation, PartitionOffsets, build_report
 from iot_platform.settings import Settings
+from iot_platform.storage.audit import expired_offsets
 from iot_platform.storage.db import connect
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ def verify(
     run_id = run_id or (next(iter(expectation.last_seq)).run_id if expectation and expectation.last_seq else None)
     dead = dead_letter_rows(settings, since, until)
     offsets = kafka_offsets(settings) if with_kafka else []
-    report = build_report(stored_rows(settings, since, until, run_id), dead, offsets, expectation, run_id)
+    expired = [e.as_json() for e in expired_offsets(settings, since, until)]
+    report = build_report(stored_rows(settings, since, until, run_id), dead, offsets, expectation, run_id, expired)
     report["window"] = {"since": since.isoformat() if since else None, "until": until.isoformat() if until else None, "run_id": run_id}
     return report

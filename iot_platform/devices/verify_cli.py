@@ -1,7 +1,8 @@
 """`iot-platform verify`: lost, duplicated and dead-lettered messages over a time range.
 
 Reads the database (and Kafka's end offsets); never writes. Exit code 0 when nothing is lost or
-duplicated, 1 on loss, 2 on duplicates alone. With ``--expect FILE`` (from `iot-platform simulate
+duplicated, 1 on loss (including records Kafka deleted before the consumer read them, listed by
+offset range), 2 on duplicates alone. With ``--expect FILE`` (from `iot-platform simulate
 --summary FILE`) the last messages of each device count too, and dead letters are checked against
 the bad messages the simulator sent. ``--wait S`` first waits up to S seconds for the consumer to
 catch up with Kafka, so messages still in flight are not reported as lost.
@@ -64,6 +65,8 @@ def render_text(report: dict) -> str:  # type: ignore[type-arg]
         f"streams {t['streams']:,}  stored {t['stored']:,}  lost {t['lost']:,}  duplicates {t['duplicates']:,}  "
         f"dead letters {t['dead_letters']:,} (+{t['duplicate_dead_letters']:,} copies, {t['foreign_dead_letters']:,} not simulated)",
         f"kafka records not yet stored: {report['kafka']['pending']:,}",
+        *[f"LOST: {e['records']:,} records of {e['topic']}[{e['partition']}] deleted by Kafka retention before they were read: "
+          f"offsets {e['first_offset']}-{e['last_offset']} (detected {e['detected_at']})" for e in report["expired_before_read"]],
         "",
         f"{'tenant':<24} {'devices':>8} {'stored':>10} {'lost':>8} {'dups':>8} {'dead':>8}",
     ]

@@ -1,8 +1,9 @@
 """The verification report, built from plain rows (pure: the database and Kafka reads live in verify.py).
 
 Inputs: stored rows ``(tenant_id, run_id, device_id, seq)``, dead letters ``(tenant_id, reason,
-payload_prefix)``, per-partition Kafka offsets, and optionally the simulator's summary. Output: one
-JSON-ready dict with totals, per-tenant figures, the streams that have a problem, and the verdict.
+payload_prefix)``, per-partition Kafka offsets, optionally the simulator's summary, and the offset
+ranges Kafka deleted before the consumer read them. Output: one JSON-ready dict with totals,
+per-tenant figures, the streams that have a problem, the lost ranges, and the verdict.
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ def build_report(
     offsets: Iterable[PartitionOffsets] = (),
     expectation: Expectation | None = None,
     run_id: str | None = None,
+    expired: Iterable[Mapping[str, object]] = (),
 ) -> dict[str, object]:
-    """The report; with ``run_id``, dead letters of other simulator runs are left out."""
+    """The report; with ``run_id``, dead letters of other simulator runs are left out.
+
+    ``expired``: ranges from iot.expired_offsets (topic, partition, first_offset, last_offset, records,
+    detected_at); any of them makes the verdict "lost", whatever the sequences say (records without
+    a message id cannot be counted otherwise)."""
     stored: dict[StreamKey, list[int]] = defaultdict(list)
     tenants: dict[StreamKey, str] = dict(expectation.tenants) if expectation else {}
     for tenant_id, stream_run_id, device_id, seq in stored_rows:
@@ -111,10 +117,14 @@ def build_report(
     partitions = list(offsets)
     pending = sum(max(p.lag, 0) for p in partitions)
     duplicate_dead_letters = sum(n - 1 for n in dead_letter_copies.values())
-    verdict = "lost" if total.lost else "duplicates" if total.duplicates else "ok"
+    expired_ranges = [dict(e) for e in expired]
+    expired_records = sum(int(e["records"]) for e in expired_ranges)  # type: ignore[call-overload]
+    verdict = "lost" if total.lost or expired_records else "duplicates" if total.duplicates else "ok"
     report: dict[str, object] = {
         "verdict": verdict,
-        "totals": asdict(total) | {"duplicate_dead_letters": duplicate_dead_letters, "foreign_dead_letters": foreign},
+        "totals": asdict(total) | {"duplicate_dead_letters": duplicate_dead_letters, "foreign_dead_letters": foreign,
+                                   "expired_before_read": expired_records},
+        "expired_before_read": expired_ranges,
         "dead_letters_by_reason": dict(reasons),
         "dead_letters_by_category": dict(categories),
         "tenants": _per_tenant(reports),

@@ -1,14 +1,16 @@
 """Data-quality checks; each returns its evidence as metadata, not just a boolean."""
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from iot_platform.devices.backlog import PartitionBacklog, kafka_backlog
 from iot_platform.core.rollup import hour_of
 from iot_platform.orchestration.assets.rollups import HOURLY, iot_rollup_hourly
 from iot_platform.orchestration.assets.sources import iot_messages
 from iot_platform.orchestration.resources import PlatformSettings
-from iot_platform.storage.audit import ingest_activity, kafka_coverage, rollup_differences
+from iot_platform.storage.audit import expired_offsets, ingest_activity, kafka_coverage, rollup_differences
 
 RERUN_HOURS = 3  # the rollup schedule re-runs this many hours before the closed one
 FRESHNESS_MAX_AGE = timedelta(minutes=10)
@@ -21,14 +23,20 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dg.asset_check(asset=iot_messages.key, description="Every consumed Kafka offset in the retained window is a row, a dead letter or a skipped duplicate.")
+@dg.asset_check(
+    asset=iot_messages.key,
+    description="Every consumed Kafka offset in the retained window is a row, a dead letter or a skipped duplicate, "
+    "and no record was deleted by Kafka's retention before the consumer read it (iot.expired_offsets).",
+)
 def kafka_offsets_all_stored(platform: PlatformSettings) -> dg.AssetCheckResult:
     settings = platform.get()
     window_start = _now() - timedelta(hours=settings.retention_hours) + RETENTION_MARGIN
     coverage = kafka_coverage(settings, window_start)
     incomplete = [c for c in coverage if not c.complete]
+    # Ranges detected in the window: a gap older than the first stored offset would escape the coverage count.
+    expired = expired_offsets(settings, since=window_start)
     return dg.AssetCheckResult(
-        passed=not incomplete,
+        passed=not incomplete and not expired,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "window_start": dg.MetadataValue.timestamp(window_start),
@@ -39,6 +47,8 @@ def kafka_offsets_all_stored(platform: PlatformSettings) -> dg.AssetCheckResult:
             "gaps": dg.MetadataValue.json(
                 {f"{c.topic}[{c.partition}]": [list(g) for g in c.gaps] for c in incomplete}
             ),
+            "records_expired_before_read": sum(e.records for e in expired),
+            "expired_before_read": dg.MetadataValue.json([e.as_json() for e in expired]),
         },
     )
 
@@ -49,6 +59,41 @@ def _coverage_table(coverage) -> str:  # type: ignore[no-untyped-def]
         f"| {c.topic} | {c.partition} | {c.first_offset} | {c.next_offset} | {c.expected} | {c.found} | {c.beyond} |"
         for c in coverage
     ]
+    return "\n".join(lines)
+
+
+@dg.asset_check(
+    asset=iot_messages.key,
+    description="The oldest Kafka record the consumer has not stored is younger than half the topic's retention: "
+    "act before Kafka deletes it unread.",
+)
+def kafka_backlog_within_half_retention(platform: PlatformSettings) -> dg.AssetCheckResult:
+    backlog = kafka_backlog(platform.get())
+    now_ms = int(time.time() * 1000)
+    at_risk = [b for b in backlog if b.at_risk(now_ms)]
+    worst = max(backlog, key=lambda b: (b.already_expired, b.age_s(now_ms) or -1.0), default=None)
+    age = worst.age_s(now_ms) if worst else None
+    return dg.AssetCheckResult(
+        passed=not at_risk,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "age_seconds": round(age, 1) if age is not None else -1.0,
+            "retention_seconds": worst.retention_ms / 1000 if worst else -1.0,
+            "partition": f"{worst.topic}[{worst.partition}]" if worst else "none",
+            "already_expired": sum(b.already_expired for b in backlog),
+            "records_waiting": sum(b.waiting for b in backlog),
+            "partitions": dg.MetadataValue.md(_backlog_table(backlog, now_ms)),
+        },
+    )
+
+
+def _backlog_table(backlog: list[PartitionBacklog], now_ms: int) -> str:
+    lines = ["| topic | partition | stored next | low | high | waiting | oldest waiting (s) | retention (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in backlog:
+        age = b.age_s(now_ms)
+        lines.append(f"| {b.topic} | {b.partition} | {b.stored_next} | {b.low} | {b.high} | {b.waiting} | "
+                     f"{'-' if age is None else round(age, 1)} | {b.retention_ms / 1000:g} |")
     return "\n".join(lines)
 
 
@@ -132,5 +177,7 @@ def recent_rollups_match_raw(platform: PlatformSettings) -> dg.AssetCheckResult:
     )
 
 
-SCHEDULED_CHECKS = [kafka_offsets_all_stored, iot_messages_fresh, dead_letter_rate, recent_rollups_match_raw]
+SCHEDULED_CHECKS = [
+    kafka_offsets_all_stored, kafka_backlog_within_half_retention, iot_messages_fresh, dead_letter_rate, recent_rollups_match_raw,
+]
 ALL_CHECKS = [*SCHEDULED_CHECKS, rollup_hour_matches_raw]

@@ -71,12 +71,14 @@ def start_webserver(settings: Settings, log_dir: Path) -> int:
     return process.pid
 
 
-def start_daemon(settings: Settings, log_dir: Path) -> int:
+def start_daemon(settings: Settings, log_dir: Path, pass_fds: tuple[int, ...] = ()) -> int:
+    """Start the daemon (``pass_fds``: open files it keeps for its lifetime, e.g. the platform lock)."""
     process = spawn(
         [_bin("dagster-daemon"), "run", *_workspace_args()],
         log_dir / "dagster-daemon.log",
         env=dagster_env(settings),
         cwd=REPO_ROOT,
+        pass_fds=pass_fds,
     )
     return process.pid
 

@@ -48,6 +48,7 @@ class KafkaConfig:
     default_partitions: int = 6
     retention_ms: int = 259_200_000
     message_max_bytes: int = 1_048_588
+    retention_check_interval_ms: int = 300_000  # Kafka's default; tests of retention use seconds
     security: KafkaSecurity | None = None
 
 
@@ -86,6 +87,8 @@ def render_server_properties(config: KafkaConfig) -> str:
         "num.partitions": str(config.default_partitions),
         "auto.create.topics.enable": "false",
         "log.retention.ms": str(config.retention_ms),
+        "log.retention.check.interval.ms": str(config.retention_check_interval_ms),
+        "log.initial.task.delay.ms": str(min(30_000, config.retention_check_interval_ms)),
         "message.max.bytes": str(config.message_max_bytes),
         # One node: every internal topic has a single replica.
         "offsets.topic.replication.factor": "1",
@@ -133,12 +136,13 @@ class KafkaServer:
     """Kafka on ``127.0.0.1:port`` (controller on ``controller_port``), data and logs under ``workdir``."""
 
     def __init__(
-        self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None, security: KafkaSecurity | None = None
+        self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None,
+        retention_check_interval_ms: int = 300_000, security: KafkaSecurity | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.config = KafkaConfig(
             port=port, controller_port=controller_port, data_dir=self.workdir / "data", advertised_port=advertised_port,
-            security=security,
+            retention_check_interval_ms=retention_check_interval_ms, security=security,
         )
         self.pid: int | None = None
 

@@ -1,21 +1,29 @@
 """`iot-platform dev up | status | down`: the whole platform on one machine, each part a real server.
 
 State lives in ``IOT_HOME`` (default ``.iot/``): each server's data and log, and ``state.json``
-with the pids we started. ``up`` is safe to run twice (it starts only what is not running) and, if
-any part fails, stops what this call started and shows that part's log. ``down`` stops, by pid,
-the processes recorded in ``state.json`` and nothing else.
+with the pids we started. ``up`` is safe to run twice (it starts only what is not running, and says
+so when everything runs) and, if any part fails, stops what this call started and shows that part's
+log. ``down`` stops, by pid, the processes recorded in ``state.json`` and nothing else.
+
+One platform per home: ``up`` and ``down`` hold ``run/locks/dev.lock`` while they work (a second
+one at the same time is refused, naming its pid), and the Dagster daemon holds
+``run/locks/platform.lock`` for its lifetime (inherited from ``up``), so an ``up`` that finds a
+running platform its ``state.json`` does not record refuses to start a second one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iot_platform.observability.instance_lock import AlreadyRunning, acquire, holder, record_holder
 from iot_platform.observability.pidfile import read_live_pid
 from iot_platform.settings import Settings
 from iot_platform.stack import dagster_processes
@@ -24,6 +32,7 @@ from iot_platform.access.connection import admin_credentials
 from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
 from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, wait_until
 from iot_platform.stack.secrets import with_platform_secrets
@@ -32,6 +41,7 @@ log = logging.getLogger(__name__)
 SERVICES = ("bridge", "consumer")
 # Stopped in this order: producers of data first, storage last, so in-flight work can commit.
 STOP_ORDER = ("simulator", "dagster_daemon", "dagster_webserver", "mosquitto", "kafka", "postgres")
+SERVERS = ("postgres", "kafka", "mosquitto", "dagster_webserver", "dagster_daemon")
 
 
 @dataclass
@@ -86,6 +96,44 @@ class LocalPlatform:
 
     # -- up ---------------------------------------------------------------------------------------
     def up(self, demo: bool) -> None:
+        with self._dev_lock():
+            self._up(demo)
+
+    @contextlib.contextmanager
+    def _dev_lock(self) -> Iterator[None]:
+        try:
+            fd = acquire(self.home / "run" / "locks" / "dev.lock", f"`iot-platform dev up` or `dev down` for {self.home}")
+        except AlreadyRunning as exc:
+            raise StackError(str(exc)) from None
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def running(self, demo: bool) -> bool:
+        """Every part of this home's platform (and both services) is up already."""
+        return (
+            all(self.state.alive(name) for name in SERVERS)
+            and all(read_live_pid(self.home, name) for name in SERVICES)
+            and (not demo or self.state.alive("simulator"))
+        )
+
+    def _up(self, demo: bool) -> None:
+        if self.running(demo):
+            pids = ", ".join(f"{name} {self.state.pids[name]}" for name in SERVERS)
+            self.progress(f"the platform in {self.home} is already running ({pids}); nothing started")
+            return
+        platform_lock = self.home / "run" / "locks" / "platform.lock"
+        daemon = holder(platform_lock)
+        if daemon is not None and not self.state.alive("dagster_daemon"):
+            raise StackError(
+                f"the platform in {self.home} is already running: its Dagster daemon (pid {daemon or 'unknown'}) holds "
+                f"{platform_lock}, but {self.home / 'state.json'} does not record it; stop that process group, or set "
+                "IOT_HOME to another directory"
+            )
+        if not self.state.alive("mosquitto"):
+            # A broker started by a package install usually holds this port: fail before starting anything.
+            ensure_port_free(self.settings.mqtt_host, self.settings.mqtt_port, "IOT_MQTT_URL")
         started: list[str] = []
         try:
             self._step("postgres", started, self._start_postgres)
@@ -147,7 +195,14 @@ class LocalPlatform:
         return dagster_processes.start_webserver(self.settings, self.logs)
 
     def _start_daemon(self) -> int:
-        return dagster_processes.start_daemon(self.settings, self.logs)
+        # The daemon inherits the platform lock and holds it as long as it lives (see the module docstring).
+        fd = acquire(self.home / "run" / "locks" / "platform.lock", f"the platform in {self.home}")
+        try:
+            pid = dagster_processes.start_daemon(self.settings, self.logs, pass_fds=(fd,))
+            record_holder(fd, pid)
+            return pid
+        finally:
+            os.close(fd)
 
     def _wait_for_services(self, timeout_s: float = 180.0) -> None:
         self.progress("dagster: waiting for the watchdog to start the bridge and the consumer ...")
@@ -184,6 +239,10 @@ class LocalPlatform:
         }
 
     def down(self) -> list[str]:
+        with self._dev_lock():
+            return self._down()
+
+    def _down(self) -> list[str]:
         stopped = []
         for name in STOP_ORDER:
             if self.state.alive(name):

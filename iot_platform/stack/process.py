@@ -76,8 +76,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     run_as: RunAs | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start a server detached in its own session, stdout and stderr appended to ``log_path``."""
+    """Start a server detached in its own session, stdout and stderr appended to ``log_path``
+    (``pass_fds``: open files it inherits, e.g. a lock it is to hold)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -89,6 +91,7 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             preexec_fn=run_as.demote() if run_as else None,
+            pass_fds=tuple(pass_fds),
         )
 
 

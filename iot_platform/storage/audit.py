@@ -162,6 +162,40 @@ def ingest_activity(settings: Settings, since: datetime) -> IngestActivity:
     return IngestActivity(newest, int(messages), int(dead))
 
 
+@dataclass(frozen=True)
+class ExpiredOffsets:
+    """A range of Kafka offsets the consumer found deleted by retention before it read them (lost)."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    detected_at: datetime
+
+    @property
+    def records(self) -> int:
+        return self.last_offset - self.first_offset + 1
+
+    def as_json(self) -> dict[str, object]:
+        return {"topic": self.topic, "partition": self.partition, "first_offset": self.first_offset,
+                "last_offset": self.last_offset, "records": self.records, "detected_at": self.detected_at.isoformat()}
+
+
+def expired_offsets(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> list[ExpiredOffsets]:
+    """The ranges recorded in iot.expired_offsets, detected in [since, until) (unbounded when None)."""
+    conn = _read_only(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT topic, partition, first_offset, last_offset, detected_at FROM iot.expired_offsets"
+                " WHERE detected_at >= %(since)s AND detected_at < %(until)s ORDER BY topic, partition, first_offset",
+                {"since": since or "-infinity", "until": until or "infinity"},
+            )
+            return [ExpiredOffsets(*row) for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
 def consumed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """The consumer's stored position: (topic, partition) -> next offset."""
     conn = _read_only(settings)

@@ -35,6 +35,7 @@ def dev_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         IOT_BRIDGE_METRICS_PORT="0",
         IOT_CONSUMER_METRICS_PORT="0",
         IOT_HEARTBEAT_INTERVAL_S="5",
+        IOT_SERVICE_STALL_TIMEOUT_S="20",  # test_dagster_services freezes a service and waits for its replacement
     )
     up = run_cli(env, "dev", "up", "--no-demo")
     try:

@@ -63,11 +63,11 @@ class BridgeProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout_s)
 
-    def wait_subscribed(self, timeout_s: float = 30.0) -> "BridgeProcess":
+    def wait_subscribed(self, timeout_s: float = 30.0, event: str = "mqtt subscribed") -> "BridgeProcess":
         """Block until the bridge's subscription exists: earlier publishes would reach no session."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if any(line.get("msg") == "mqtt subscribed" for line in self.log_lines()):
+            if any(line.get("msg") == event for line in self.log_lines()):
                 return self
             assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
             time.sleep(0.1)
@@ -214,11 +214,17 @@ def assert_all_present(settings: Settings, expected: list[tuple[str, bytes]], re
 
 
 @pytest.mark.faults
-def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]) -> None:
+@pytest.mark.parametrize("client_path", ["auto", "public"])
+def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], client_path: str) -> None:
     """20,000 QoS 1 messages over 5 tenants; the bridge is SIGKILLed mid-stream and restarted:
     every message the broker acknowledged to the publisher is in Kafka at least once, with the right
-    key and headers (duplicates are allowed and counted)."""
+    key and headers (duplicates are allowed and counted). On both paho paths: the fast one (auto,
+    with the pinned paho-mqtt) and paho's public API."""
+    settings = settings.model_copy(update={"mqtt_client_path": client_path})
     first = bridge_factory(settings).start().wait_subscribed()
+    assert [line["paho_path"] for line in first.log_lines() if line.get("msg") == "bridge started"] == [
+        "fast" if client_path == "auto" else "public"
+    ]
     messages = telemetry(settings, 20_000)
     publisher = Publisher(settings)
     try:
@@ -236,7 +242,7 @@ def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Ca
     wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(acknowledged), timeout_s=60)
     assert second.terminate() == 0
     duplicates = assert_all_present(settings, acknowledged, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
-    print(f"\nbridge SIGKILLed after {killed_at} records; duplicates in Kafka: {duplicates}")
+    print(f"\n{client_path} path: bridge SIGKILLed after {killed_at} records; duplicates in Kafka: {duplicates}")
     assert killed_at < len(messages), "the kill did not happen mid-stream"
 
 
@@ -263,6 +269,102 @@ def test_batched_acks_are_accepted_so_a_restart_gets_no_redelivery(
     assert second.terminate() == 0
     assert [line["received"] for line in second.log_lines() if line.get("msg") == "bridge stopped"] == [0]
     assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=5) == len(messages)
+
+
+def queue_in_session(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], count: int) -> None:
+    """Create the bridge's persistent session, stop the bridge, and publish ``count`` messages into it."""
+    first = bridge_factory(settings).start().wait_subscribed()
+    assert first.terminate() == 0
+    publisher = Publisher(settings)
+    try:
+        for topic, payload in telemetry(settings, count):
+            publisher.publish(topic, payload)
+        assert len(publisher.acknowledged()) == count
+    finally:
+        publisher.close()
+
+
+def heartbeats(bridge: BridgeProcess) -> list[dict[str, object]]:
+    return [line for line in bridge.log_lines() if line.get("msg") == "heartbeat"]
+
+
+@pytest.mark.parametrize("client_path", ["auto", "public"])
+def test_a_resumed_session_never_puts_more_than_the_window_in_memory(
+    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], client_path: str
+) -> None:
+    """10,000 messages wait in the session; the bridge resumes it with a window of 100. Mosquitto
+    2.0.11 sends a resuming session more than its Receive Maximum (783-791 unacked seen with the code
+    before the pause), but the bridge stops reading at the window: no heartbeat (every 0.1 s) shows
+    more than 100 unacked, and every message is acked. On both paho paths."""
+    settings = settings.model_copy(update={"mqtt_receive_maximum": 100, "mqtt_client_path": client_path, "heartbeat_interval_s": 0.1})
+    queue_in_session(settings, bridge_factory, 10_000)
+    bridge = bridge_factory(settings).start().wait_subscribed(event="mqtt connected")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(h["acked"] == 10_000 for h in heartbeats(bridge)):
+        time.sleep(0.5)
+    seen = heartbeats(bridge)
+    assert seen and seen[-1]["acked"] == 10_000, seen[-1:]
+    assert max(int(h["in_flight"]) for h in seen) == 100, "the window is reached, never passed"
+    assert bridge.terminate() == 0
+
+
+def test_paused_at_the_window_the_bridge_keeps_its_connection_through_keepalives(
+    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
+) -> None:
+    """Kafka unreachable (no delivery report, no ack): the bridge holds its window of 100 and reads
+    nothing more for 12 s, more than twice its 5 s keepalive; its PINGREQs keep the broker content and
+    the fast path ignores the PINGRESP it leaves unread, so it stays on one connection. (The public
+    path reconnects after about two keepalives there: paho_client.py.)"""
+    settings = settings.model_copy(update={
+        "kafka_bootstrap": f"127.0.0.1:{free_port()}",  # nothing listens: deliveries wait
+        "mqtt_receive_maximum": 100, "mqtt_keepalive_s": 5, "bridge_shutdown_timeout_s": 1.0,
+    })
+    queue_in_session(settings, bridge_factory, 1_000)
+    bridge = bridge_factory(settings).start().wait_subscribed(event="mqtt connected")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(heartbeats(bridge)) < 12:
+        time.sleep(0.5)
+    seen = heartbeats(bridge)
+    assert len(seen) >= 12 and seen[-1]["in_flight"] == 100, seen[-1:]
+    assert all(h["connected"] for h in seen) and len({h["generation"] for h in seen}) == 1, "no reconnect while paused"
+    assert bridge.terminate() == 0
+
+
+def test_mqtt_311_bridge_is_not_sent_an_acked_burst_again_after_a_clean_restart(
+    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
+) -> None:
+    """The bridge on MQTT 3.1.1 (clean_session=false) takes a 100,000-message burst from 20
+    `mosquitto_pub -q 1` publishers, acks it all, stops cleanly and reconnects: the broker sends it
+    nothing again. With Mosquitto saving every 1,000 changes it was sent 30,287-60,289 of them again
+    (18,125 and 0 with 50,000 messages, 0 with 20,000: the burst must be this large);
+    benchmarks/mqtt_burst_redelivery.py measures both settings."""
+    settings = settings.model_copy(update={"mqtt_protocol": "3.1.1"})
+    first = bridge_factory(settings).start().wait_subscribed()
+    prefix = mqtt_topic(settings, "x", "y").rsplit("/", 2)[0]
+    publishers = []
+    for index in range(20):
+        publisher = subprocess.Popen(
+            ["mosquitto_pub", "-h", settings.mqtt_host, "-p", str(settings.mqtt_port), "-q", "1", "-l",
+             "-i", f"burst-{uuid.uuid4().hex[:8]}", "-t", f"{prefix}/tenant{index % 4}/p1/dev{index}"],
+            stdin=subprocess.PIPE,
+        )
+        publishers.append((publisher, "".join(f'{{"msg_id":"{index}-{n}"}}\n' for n in range(5_000)).encode()))
+    for publisher, lines in publishers:
+        assert publisher.stdin is not None
+        publisher.stdin.write(lines)
+        publisher.stdin.close()
+    assert all(publisher.wait(300) == 0 for publisher, _ in publishers)
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 100_000, timeout_s=180) == 100_000
+    assert first.terminate() == 0
+    [stopped] = [line for line in first.log_lines() if line.get("msg") == "bridge stopped"]
+    assert stopped["acked"] == 100_000 and stopped["in_flight"] == 0, stopped
+    second = bridge_factory(settings).start().wait_subscribed()  # a resumed session's messages come before the SUBACK
+    time.sleep(3.0)
+    assert second.terminate() == 0
+    [again] = [line["received"] for line in second.log_lines() if line.get("msg") == "bridge stopped"]
+    print(f"\nMQTT 3.1.1 bridge: 100,000-message burst acked; sent again after a clean restart: {again}")
+    assert again == 0
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=5) == 100_000
 
 
 def test_bad_input_is_dead_lettered_while_good_traffic_flows(

@@ -147,3 +147,25 @@ def test_simulator_run_by_hand_finds_the_platform_credentials_and_publishes_as_g
         return found
 
     wait_for(stored, 60, "the simulated messages reaching iot.messages")
+
+
+def test_dev_up_on_a_running_home_says_so_and_starts_nothing(dev_platform: dict) -> None:
+    """A second `dev up` on this home starts no second platform: it says the platform is running and
+    leaves every pid as it was. With state.json gone, the Dagster daemon's platform lock still tells:
+    `up` refuses, naming the daemon's pid."""
+    env, home = dev_platform["env"], dev_platform["home"]
+    state = home / "state.json"
+    before = json.loads(state.read_text())["pids"]
+    again = run_cli(env, "dev", "up", "--no-demo", timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stderr and "starting ..." not in again.stderr, again.stderr
+    assert json.loads(state.read_text())["pids"] == before
+    saved = state.read_text()
+    state.unlink()
+    try:
+        blind = run_cli(env, "dev", "up", "--no-demo", timeout=120)
+    finally:
+        state.write_text(saved)
+    assert blind.returncode == 1, blind.stderr
+    assert "already running" in blind.stderr and f"pid {before['dagster_daemon']}" in blind.stderr, blind.stderr
+    assert "starting ..." not in blind.stderr and "Traceback" not in blind.stderr

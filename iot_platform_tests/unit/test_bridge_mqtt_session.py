@@ -1,31 +1,63 @@
-"""The bridge's paho client: buffered reads hand paho exactly the bytes the socket delivered."""
+"""The bridge's paho clients: path choice, buffered reads, shared property tables, batched PUBACKs,
+paused reading. Packet handling against stock paho: test_bridge_paho_golden.py."""
 
 from __future__ import annotations
 
-import collections
 import socket
+import threading
 import time
 
 import pytest
-from paho.mqtt.client import CallbackAPIVersion, Client, MQTTErrorCode, MQTTMessage, MQTTv5, MQTTv311
-
+from paho.mqtt.client import Client, MQTTErrorCode, MQTTMessage, MQTTv5, MQTTv311
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from iot_platform.bridge.mqtt_session import BridgeClient, SharedTableProperties, _BufferedSocket, install_shared_table_properties, make_client
+from iot_platform.bridge.mqtt_session import make_client
+from iot_platform.bridge.paho_client import FAST_PATH_AVAILABLE, FAST_PATH_PAHO_VERSION, PAHO_VERSION, PublicBridgeClient, choose_client_path
 from iot_platform.settings import Settings
 
+fast_only = pytest.mark.skipif(not FAST_PATH_AVAILABLE, reason="the fast path runs only on the paho-mqtt release it was written for")
+if FAST_PATH_AVAILABLE:
+    from iot_platform.bridge.paho_fast import FastBridgeClient, SharedTableProperties, _BufferedSocket
 
-def test_paho_still_has_the_hooks_the_bridge_overrides() -> None:
-    """BridgeClient relies on paho 2.2 internals; an upgrade that removes them must fail here, not in production."""
+
+@pytest.mark.parametrize(
+    ("installed", "requested", "fast"),
+    [("2.2.0", "auto", True), ("2.2.0", "public", False), ("2.2.1", "auto", False), ("2.1.0", "auto", False),
+     ("3.0.0", "public", False)],
+)
+def test_fast_path_only_on_the_paho_release_it_was_written_for(installed: str, requested: str, fast: bool) -> None:
+    """Any other paho-mqtt version, or IOT_MQTT_CLIENT_PATH=public, takes the public API path, and says why."""
+    path = choose_client_path(installed, requested)
+    assert path.fast is fast and path.name == ("fast" if fast else "public")
+    assert (installed in path.reason) or requested == "public"
+
+
+def test_installed_paho_is_the_release_the_fast_path_was_written_for() -> None:
+    """The pin in pyproject.toml and the gate agree: CI runs the fast path (the public one is forced in tests)."""
+    assert PAHO_VERSION == FAST_PATH_PAHO_VERSION and FAST_PATH_AVAILABLE
+
+
+@pytest.mark.parametrize(("requested", "expected"), [("auto", "FastBridgeClient"), ("public", "PublicBridgeClient")])
+def test_make_client_builds_the_client_of_the_chosen_path(requested: str, expected: str) -> None:
+    client = make_client(Settings(mqtt_client_id="unit-bridge", mqtt_client_path=requested))
+    assert type(client).__name__ == expected and isinstance(client, PublicBridgeClient)
+    assert client.path.name == ("fast" if expected == "FastBridgeClient" else "public")
+
+
+@fast_only
+def test_paho_still_has_the_hooks_the_fast_path_overrides() -> None:
+    """FastBridgeClient relies on paho 2.2 internals; an upgrade that removes them must fail here, not in production."""
     hooks = (
         "_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet",
         "_handle_publish", "_in_packet", "_protocol", "_handle_on_message", "_in_callback_mutex", "_userdata",
+        "_ping_t",
     )  # fmt: skip
     for name in hooks:
         assert hasattr(Client, name) or name in Client.__init__.__code__.co_names, name
 
 
+@fast_only
 @pytest.mark.parametrize("reads", [[1, 1, 5, 100], [3, 3, 3, 3, 3, 3, 3], [1, 2, 10_000]])
 def test_buffered_socket_returns_the_stream_in_order(reads: list[int]) -> None:
     """Whatever read sizes paho asks for, the concatenated reads are the bytes sent, and pending() counts the rest."""
@@ -54,13 +86,13 @@ def test_buffered_socket_returns_the_stream_in_order(reads: list[int]) -> None:
 def test_client_uses_manual_acks_and_a_persistent_session(protocol: str, v5: bool) -> None:
     """The bridge's client acks manually and never asks for a clean session."""
     client = make_client(Settings(mqtt_protocol=protocol, mqtt_client_id="unit-bridge"))
-    assert isinstance(client, BridgeClient)
     assert client._manual_ack is True  # noqa: SLF001
     assert client._protocol == (MQTTv5 if v5 else MQTTv311)  # noqa: SLF001
     if not v5:
         assert client._clean_session is False  # noqa: SLF001
 
 
+@fast_only
 def test_paho_packet_decoder_still_builds_properties_by_module_name() -> None:
     """install_shared_table_properties replaces paho 2.2's `_packet.Properties`; an upgrade that moves it fails here."""
     import paho.mqtt._packet as packet
@@ -68,6 +100,7 @@ def test_paho_packet_decoder_still_builds_properties_by_module_name() -> None:
     assert "Properties" in vars(packet)
 
 
+@fast_only
 @pytest.mark.parametrize("packet_type", [PacketTypes.PUBLISH, PacketTypes.CONNECT, PacketTypes.CONNACK])
 def test_shared_table_properties_behave_like_paho_properties(packet_type: int) -> None:
     """Packing, unpacking and per-instance values are exactly paho's, and instances never share values."""
@@ -96,20 +129,7 @@ def test_shared_table_properties_behave_like_paho_properties(packet_type: int) -
     assert reused.unpack(b"\x00") == (reused, 1) and reused.isEmpty(), "an empty list clears earlier values"
 
 
-def test_decoded_publish_uses_shared_tables_and_keeps_its_payload() -> None:
-    """With the decoder patched, an MQTT 5 PUBLISH decodes to the same topic, payload and properties."""
-    import paho.mqtt._packet as packet
-    from paho.mqtt.enums import MQTTProtocolVersion
-
-    body = b"\x00\x03a/b" + b"\x00\x07" + b"\x05\x02\x00\x00\x00\x3c" + b'{"v": 1}'
-    before = packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
-    install_shared_table_properties()
-    after = packet.decode_publish(0x32, body, MQTTProtocolVersion.MQTTv5)
-    assert isinstance(after.properties, SharedTableProperties)
-    assert (after.topic, after.mid, after.payload) == (before.topic, before.mid, before.payload) == (b"a/b", 7, b'{"v": 1}')
-    assert after.properties.MessageExpiryInterval == before.properties.MessageExpiryInterval == 60
-
-
+@fast_only
 def test_send_pubacks_queues_one_packet_holding_every_puback_in_order() -> None:
     """A batch of acks is one outgoing write of 4-byte PUBACKs (type 0x40, length 2, packet id)."""
     client = make_client(Settings(mqtt_client_id="unit-bridge"))
@@ -121,8 +141,9 @@ def test_send_pubacks_queues_one_packet_holding_every_puback_in_order() -> None:
     assert queued[0]["to_process"] == 12 and queued[0]["pos"] == 0
 
 
+@fast_only
 def test_every_message_goes_to_on_message_and_filtered_callbacks_are_refused() -> None:
-    """BridgeClient skips paho's per-topic callback matching, so it must refuse filtered callbacks."""
+    """FastBridgeClient skips paho's per-topic callback matching, so it must refuse filtered callbacks."""
     client = make_client(Settings(mqtt_client_id="unit-bridge"))
     seen: list[bytes] = []
     client.on_message = lambda _c, _u, message: seen.append(message.payload)
@@ -134,24 +155,53 @@ def test_every_message_goes_to_on_message_and_filtered_callbacks_are_refused() -
         client.message_callback_add("a/#", lambda *_: None)
 
 
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-@pytest.mark.parametrize("command", [0x32, 0x3B, 0x30])  # QoS 1; QoS 1 + dup + retain; QoS 0
-def test_received_publish_reaches_on_message_exactly_as_paho_builds_it(protocol: str, command: int) -> None:
-    """BridgeClient's leaner PUBLISH handling gives on_message the same message stock paho does."""
-    v5 = protocol == "5"
-    qos = (command >> 1) & 3
-    body = b"\x00\x0ct/acme/p1/d7" + (b"\x01\x2c" if qos else b"") + (b"\x00" if v5 else b"") + b'{"v": 1}'
-    stock = Client(CallbackAPIVersion.VERSION2, protocol=MQTTv5 if v5 else MQTTv311, manual_ack=True)
-    ours = make_client(Settings(mqtt_protocol=protocol, mqtt_client_id="unit-bridge"))
-    seen = []
-    for client in (stock, ours):
-        client.on_message = lambda _c, _u, message: seen.append(message)
-        client._in_packet = {"command": command, "packet": body}  # noqa: SLF001
-        assert client._handle_publish() == MQTTErrorCode.MQTT_ERR_SUCCESS  # noqa: SLF001
-    theirs, mine = seen
-    fields = ("topic", "payload", "qos", "retain", "dup", "mid", "state")
-    assert [getattr(mine, f) for f in fields] == [getattr(theirs, f) for f in fields]
-    assert (mine.topic, mine.qos, mine.mid if qos else 0) == ("t/acme/p1/d7", qos, 300 if qos else 0)
-    assert str(mine.properties) == str(theirs.properties)
-    assert abs(mine.timestamp - time.monotonic()) < 5, "the bridge's receive time is on the monotonic clock"
-    assert ours._out_packet == collections.deque()  # noqa: SLF001  # manual acks: nothing sent yet
+def test_public_path_queues_the_same_puback_bytes_one_packet_per_ack() -> None:
+    """paho's own ack() per message: the bytes on the wire are the fast path's batch, in the same order."""
+    client = make_client(Settings(mqtt_client_id="unit-bridge", mqtt_client_path="public"))
+    client.send_pubacks([1, 300, 65535])
+    assert b"".join(bytes(p["packet"]) for p in client._out_packet) == bytes.fromhex("40020001" "4002012c" "4002ffff")  # noqa: SLF001
+
+
+class RecordingEvent(threading.Event):
+    """An Event that records each wait's timeout instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        return self.is_set()
+
+
+@pytest.mark.parametrize("path", ["auto", "public"])
+def test_reading_pauses_above_the_window_without_spinning_and_still_writes_pubacks(path: str) -> None:
+    """Over the window, loop_read reads nothing and sleeps (no busy loop) unless PUBACKs can be written
+    now; under it, the waiting PUBLISH is read."""
+    client = make_client(Settings(mqtt_protocol="3.1.1", mqtt_client_id="unit-bridge", mqtt_client_path=path))
+    broker, ours = socket.socketpair()
+    try:
+        broker.sendall(b"\x30\x04\x00\x01tx")  # QoS 0 PUBLISH, topic "t", payload "x"
+        client._sock = ours  # noqa: SLF001
+        client._ping_t = 123.0  # noqa: SLF001  # a PINGREQ outstanding; its PINGRESP would sit unread
+        seen: list[bytes] = []
+        client.on_message = lambda _c, _u, message: seen.append(message.payload)
+        over, acks_sent = [True], RecordingEvent()
+        client.pause_reading_while(lambda: over[0], acks_sent)
+        assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert seen == [] and ours.recv(16, socket.MSG_PEEK) == b"\x30\x04\x00\x01tx"
+        assert len(acks_sent.timeouts) == 1 and acks_sent.timeouts[0] > 0, "paused: sleeps until acks are sent"
+        if path == "auto":
+            assert client._ping_t == 0, "fast path: no keepalive timeout for a PINGRESP it chose not to read"  # noqa: SLF001
+        # A PUBACK queued by the producer thread (under loop_start paho's thread writes it; here we hold it).
+        client._out_packet.append({"command": 0x40, "mid": 9, "qos": 1, "pos": 0, "to_process": 4,  # noqa: SLF001
+                                   "packet": b"\x40\x02\x00\x09", "info": None})
+        client.loop_read()
+        assert len(acks_sent.timeouts) == 1, "a PUBACK waits to be written: return at once so paho writes it"
+        client._out_packet.clear()  # noqa: SLF001
+        over[0] = False
+        client.loop_read()
+        assert seen == [b"x"]
+    finally:
+        broker.close()
+        ours.close()

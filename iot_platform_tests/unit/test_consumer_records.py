@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from iot_platform.consumer.copy_format import STAGING_COLUMNS, copy_line, text, timestamp_ms
-from iot_platform.consumer.positions import Positions
+from iot_platform.consumer.positions import ExpiredRange, Positions
 from iot_platform.consumer.records import (
     MAX_RECEIVED_AT_MS,
     DeadLetterRow,
@@ -114,17 +114,33 @@ def test_copy_line_fields() -> None:
     assert copy_line(MessageRow("a", "p", "t", b"x", None, None, None, None, 0, 0, 0)).split("\t")[4] == "f"
 
 
-def test_positions_drop_stale_and_count_gaps() -> None:
+def test_positions_drop_stale_and_record_forward_gaps_as_expired_ranges() -> None:
     """After assignment from a stored offset, older records are dropped, each offset is accepted once,
-    a jump forward is accepted and counted, and unassigned partitions are ignored."""
+    a jump forward is accepted and kept as an expired range (nothing stored: the partition starts at
+    0), and unassigned partitions are ignored."""
     positions = Positions()
     positions.assign(("t", 0), 10)
     positions.assign(("t", 1), None)
     assert [positions.accept(("t", 0), o) for o in (9, 10, 10, 11, 15)] == [False, True, False, True, True]
     assert positions.gaps == 3 and positions.next_offset(("t", 0)) == 16
     assert positions.accept(("t", 1), 500) and positions.next_offset(("t", 1)) == 501
+    assert positions.take_expired() == [ExpiredRange("t", 0, 12, 14), ExpiredRange("t", 1, 0, 499)]
+    assert positions.take_expired() == [] and positions.gaps == 503
+    assert ExpiredRange("t", 1, 0, 499).records == 500
+    assert positions.accept(("t", 1), 501) and positions.take_expired() == []
     positions.revoke(("t", 0))
     assert not positions.accept(("t", 0), 16) and positions.assigned() == [("t", 1)]
+
+
+def test_a_revoked_partition_forgets_its_undelivered_gaps() -> None:
+    """Its next owner starts from the database and detects the same gap again."""
+    positions = Positions()
+    positions.assign(("t", 0), 0)
+    positions.assign(("t", 1), 0)
+    positions.accept(("t", 0), 5)
+    positions.accept(("t", 1), 7)
+    positions.revoke(("t", 0))
+    assert positions.take_expired() == [ExpiredRange("t", 1, 0, 6)]
 
 
 @pytest.mark.parametrize("received", [b"1700000000999", b"0", b"-5", b" 12", b"1_000", b"x", b"\xff", b"1\x00", None])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -17,7 +21,19 @@ from iot_platform.orchestration.observer import Snapshot, lag, rate
 from iot_platform.orchestration.resources import PlatformSettings
 from iot_platform.orchestration.schedules import hours_to_roll, rollup_hourly_schedule
 from iot_platform.orchestration.services import SERVICE_TAG, WORKER_HOST_TAG, WORKER_PID_TAG
-from iot_platform.orchestration.watchdog import RunView, backoff_s, decide, service_watchdog
+from iot_platform.observability.progress import ProgressFile, ProgressReport, next_progress_at, read_reports
+from iot_platform.orchestration.watchdog import (
+    RELAUNCH_TAG,
+    STALLED_TAG,
+    Replacement,
+    RunView,
+    backoff_s,
+    child_of,
+    decide,
+    service_watchdog,
+    stall_reason,
+    stalled,
+)
 from iot_platform.settings import Settings
 from iot_platform.storage.retention import Partition, parse_bound, partitions_to_drop
 
@@ -116,23 +132,125 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def test_watchdog_sensor_starts_missing_services_and_replaces_dead_runs() -> None:
+def _sensor_context(instance: dg.DagsterInstance, home: Path) -> dg.SensorEvaluationContext:
+    return dg.build_sensor_context(instance=instance, resources={"platform": PlatformSettings.from_settings(Settings(home=home))})
+
+
+def test_watchdog_sensor_starts_missing_services_and_replaces_dead_runs(tmp_path: Path) -> None:
     """Empty instance: both services requested. Live bridge run: only the consumer. Dead worker: run failed, relaunch."""
     with dg.DagsterInstance.ephemeral() as instance:
-        result = service_watchdog(dg.build_sensor_context(instance=instance))
+        result = service_watchdog(_sensor_context(instance, tmp_path))
         assert sorted(r.job_name for r in result.run_requests) == ["kafka_postgres_consumer_service", "mqtt_kafka_bridge_service"]
         assert {r.tags[SERVICE_TAG] for r in result.run_requests} == {"bridge", "consumer"}
 
         me = {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()}
         _add_run(instance, "mqtt_kafka_bridge_service", DagsterRunStatus.STARTED, me)
-        result = service_watchdog(dg.build_sensor_context(instance=instance))
+        result = service_watchdog(_sensor_context(instance, tmp_path))
         assert [r.job_name for r in result.run_requests] == ["kafka_postgres_consumer_service"]
 
         dead = {WORKER_PID_TAG: str(_dead_pid()), WORKER_HOST_TAG: socket.gethostname()}
         run_id = _add_run(instance, "kafka_postgres_consumer_service", DagsterRunStatus.STARTED, dead)
-        result = service_watchdog(dg.build_sensor_context(instance=instance))
+        result = service_watchdog(_sensor_context(instance, tmp_path))
         assert [r.job_name for r in result.run_requests] == ["kafka_postgres_consumer_service"]
         assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+
+
+# -- liveness from progress --------------------------------------------------------------------------
+
+
+def report(progress_age: float, written_age: float = 0.5, waiting: int = 5, pid: int = 20, ppid: int = 10,
+           host: str = HOST, identity: str = "client-1") -> ProgressReport:
+    return ProgressReport("bridge", identity, pid, ppid, host, 7, waiting, NOW - written_age, NOW - progress_age)
+
+
+@pytest.mark.parametrize(
+    ("previous", "position", "waiting", "expected"),
+    [
+        (None, 0, 10, NOW),  # first report
+        (report(100), 7, 0, NOW),  # nothing waiting: idle, not stuck
+        (report(100), 8, 10, NOW),  # the position moved
+        (report(100), 7, 10, NOW - 100),  # same position, work waiting: still the old time
+    ],
+)
+def test_progress_time_moves_with_the_position_or_when_idle(previous: ProgressReport | None, position: int, waiting: int, expected: float) -> None:
+    assert next_progress_at(previous, position, waiting, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("case", "stalled_because"),
+    [
+        (report(progress_age=59), None),
+        (report(progress_age=61), "no progress for 61 s while 5 wait"),
+        (report(progress_age=61, written_age=61), "no progress report for 61 s"),  # frozen: its last report ages
+        (report(progress_age=59, written_age=59), None),
+    ],
+)
+def test_stall_reason(case: ProgressReport, stalled_because: str | None) -> None:
+    reason = stall_reason(case, NOW, timeout_s=60)
+    assert (reason is None) if stalled_because is None else (reason is not None and reason.startswith(stalled_because))
+
+
+def test_only_reports_of_this_hosts_started_runs_with_a_live_matching_child_are_judged() -> None:
+    """A report counts when its process is the live child of a STARTED run's worker on this host."""
+    runs = [RunView("r1", "STARTED", NOW - 600, worker_pid=10, worker_host=HOST),
+            RunView("r0", "FAILURE", NOW - 900, NOW - 700, worker_pid=11, worker_host=HOST),
+            RunView("r2", "STARTED", NOW - 600, worker_pid=12, worker_host="other-host")]
+    children = {(20, 10), (21, 11), (22, 12), (24, 10)}
+    reports = [
+        report(120),  # r1's service, stalled
+        report(120, pid=21, ppid=11),  # the worker's run has ended
+        report(120, pid=22, ppid=12, host="other-host"),  # another machine's clock
+        report(120, pid=23, ppid=10),  # pid 23 is not (or no longer) the worker's child
+        report(5, pid=24, ppid=10, identity="client-2"),  # a second identity of r1 that progresses
+    ]
+    found = stalled(runs, reports, NOW, HOST, 60, lambda pid, parent: (pid, parent) in children)
+    assert found == [Replacement("r1", 20, "client-1", found[0].reason)]
+    assert found[0].reason.startswith("no progress for 120 s while 5 wait")
+
+
+def test_progress_file_is_replaced_atomically_read_back_and_removed_on_close(tmp_path: Path) -> None:
+    """Writes at most once per interval; the progress time stays put while work waits and nothing moves."""
+    progress = ProgressFile(tmp_path, "consumer", "group/a", interval_s=1.0)
+    progress.update(3, 10, now=100.0)
+    progress.update(4, 10, now=100.5)  # within the interval: not written
+    [first] = read_reports(tmp_path, "consumer")
+    assert (first.position, first.waiting, first.written_at, first.progress_at, first.identity) == (3, 10, 100.0, 100.0, "group/a")
+    progress.update(3, 10, now=102.0)
+    [second] = read_reports(tmp_path, "consumer")
+    assert (second.written_at, second.progress_at, second.pid, second.ppid) == (102.0, 100.0, os.getpid(), os.getppid())
+    assert progress.path.name == "consumer-group%2Fa.json" and read_reports(tmp_path, "bridge") == []
+    assert [p.name for p in progress.path.parent.iterdir()] == [progress.path.name], "no temporary file left"
+    progress.close()
+    assert read_reports(tmp_path, "consumer") == []
+
+
+def test_watchdog_kills_a_stalled_service_tags_its_run_and_requests_a_replacement(tmp_path: Path) -> None:
+    """This test process stands in for a run worker, a child process for its service. The child's report
+    shows no progress for longer than the stall timeout while work waits: the sensor SIGKILLs it, tags the
+    run and records an engine event with the reason, and requests the next run tagged with it."""
+    service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert child_of(service.pid, os.getpid()) and not child_of(service.pid, os.getppid())
+        stuck = ProgressReport("consumer", "iot-postgres-writer", service.pid, os.getpid(), socket.gethostname(),
+                               42, 900, time.monotonic() - 400, time.monotonic() - 400)
+        (tmp_path / "run" / "progress").mkdir(parents=True)
+        (tmp_path / "run" / "progress" / "consumer-iot-postgres-writer.json").write_text(json.dumps(stuck.__dict__))
+        with dg.DagsterInstance.ephemeral() as instance:
+            me = {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()}
+            _add_run(instance, "mqtt_kafka_bridge_service", DagsterRunStatus.STARTED, me)
+            run_id = _add_run(instance, "kafka_postgres_consumer_service", DagsterRunStatus.STARTED, me)
+            result = service_watchdog(_sensor_context(instance, tmp_path))
+            assert service.wait(10) == -signal.SIGKILL
+            [request] = result.run_requests
+            assert request.job_name == "kafka_postgres_consumer_service" and request.tags[SERVICE_TAG] == "consumer"
+            assert request.tags[RELAUNCH_TAG].startswith(f"replaces run {run_id}: stalled: no progress report for 40")
+            assert instance.get_run_by_id(run_id).tags[STALLED_TAG].startswith("stalled: no progress report for 40")
+            events = [e.message for e in instance.all_logs(run_id)]
+            assert any("service_watchdog: consumer iot-postgres-writer" in (m or "") and "killed it, relaunching" in (m or "") for m in events)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(10)
 
 
 # -- schedules ------------------------------------------------------------------------------------

@@ -24,12 +24,13 @@ def _mosquitto_options(text: str) -> dict[str, list[str]]:
 
 
 def test_mosquitto_config_keeps_every_message(tmp_path: Path) -> None:
-    """Large queues (not 0, broken in 2.0.x), wide inflight, persistence saved on changes."""
+    """Large queues (not 0, broken in 2.0.x), wide inflight, persistence saved every second (not on
+    changes: 2.0.11 then redelivers acked messages to persistent sessions, see the module docstring)."""
     options = _mosquitto_options(render_config(MosquittoConfig(plain_port=1883, data_dir=tmp_path, log_path=tmp_path / "l", dynsec_plugin=tmp_path / "d.so")))
     assert options["listener"] == ["1883 127.0.0.1"]
     assert options["persistence"] == ["true"]
-    assert options["autosave_on_changes"] == ["true"]
-    assert 0 < int(options["autosave_interval"][0]) <= 10_000
+    assert options["autosave_on_changes"] == ["false"]
+    assert options["autosave_interval"] == ["1"]
     assert int(options["max_queued_messages"][0]) >= 1_000_000
     assert int(options["max_queued_bytes"][0]) > 0
     assert int(options["max_inflight_messages"][0]) >= 1000

@@ -139,3 +139,19 @@ def test_parse_time() -> None:
     assert parse_time("2026-01-02 00:00:00") == datetime(2026, 1, 2, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_time("yesterday")
+
+
+def test_records_expired_before_read_are_loss_even_when_every_sequence_is_whole() -> None:
+    """A range Kafka deleted before the consumer read it makes the verdict 'lost' (exit 1), is listed,
+    and the text report names topic, partition and offsets."""
+    from iot_platform.devices.verify_cli import render_text
+
+    stored, dead, expectation = simulated(120)
+    gap = {"topic": "iot-messages", "partition": 3, "first_offset": 1200, "last_offset": 1299, "records": 100,
+           "detected_at": "2026-12-01T00:00:00+00:00"}
+    report = build_report(stored, dead, [], expectation, expired=[gap])
+    assert report["verdict"] == "lost" and exit_code(report) == 1
+    assert report["totals"]["lost"] == 0 and report["totals"]["expired_before_read"] == 100
+    assert report["expired_before_read"] == [gap]
+    assert "100 records of iot-messages[3] deleted by Kafka retention before they were read: offsets 1200-1299" in render_text(report)
+    assert build_report(stored, dead, [], expectation)["verdict"] == "ok"

@@ -1,0 +1,189 @@
+"""The bridge's fast paho path: a few paho-mqtt 2.2.0 internals overridden (import only on 2.2.0).
+
+paho's per-message Python work is the bridge's bound, so FastBridgeClient overrides some of paho's
+internals: reads served from a buffer, no per-message tracking object or debug line, no per-topic
+callback matching, acks in one write per batch, and MQTT 5 ``Properties`` with shared lookup tables.
+Together they took one process from about 16,600 to 28,600-33,900 msg/s here (docs/benchmarks.md).
+Each override keeps paho's behaviour for what the bridge uses: golden tests run the same packets
+through stock paho in a process that never loads this module and compare (test_bridge_paho_golden).
+
+The internals used: ``Client._create_socket``, ``_sock``, ``_ssl``, ``_transport``,
+``_packet_queue``, ``_handle_publish``, ``_in_packet``, ``_protocol``, ``_handle_on_message``,
+``_in_callback_mutex``, ``_userdata``, ``_ping_t`` and ``paho.mqtt._packet`` (``decode_publish``,
+``Properties``). mqtt_session imports this module only when paho-mqtt is the version it was written
+for; any other version runs paho's public API (paho_client.PublicBridgeClient).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import paho.mqtt._packet
+from paho.mqtt.client import PUBACK, Client, MQTTErrorCode, MQTTMessage, MQTTMessageInfo, mqtt_ms_invalid
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from iot_platform.bridge.paho_client import PublicBridgeClient
+
+# Most packets the bridge reads are ~200-byte PUBLISHes; one recv() takes many of them at once.
+_RECV_CHUNK = 256 * 1024
+_PACKETS_PER_READ = 1_000  # then let paho write the queued PUBACKs and check keepalive
+_PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: a success PUBACK in 3.1.1 and 5
+
+
+class _BufferedSocket:
+    """A TCP socket read in large chunks.
+
+    paho reads each packet with three or more recv() calls (1 byte of type, the length byte by
+    byte, then the body) and one select() per packet. Serving those reads from a buffer, and
+    telling paho through ``pending()`` (the hook it uses for TLS sockets) that bytes are buffered,
+    removes most system calls per message. Everything else is the real socket's.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._offset = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._offset >= len(self._data):
+            data = self._sock.recv(max(bufsize, _RECV_CHUNK))
+            if len(data) <= bufsize:
+                return data
+            self._data, self._offset = data, 0
+        end = min(self._offset + bufsize, len(self._data))
+        chunk = self._data[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._data) - self._offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class SharedTableProperties(Properties):
+    """paho's MQTT 5 ``Properties`` with its lookup tables built once, not per packet.
+
+    paho builds a dozen name and type tables in every ``Properties()``, and decodes each MQTT 5
+    PUBLISH into a new one (about 6 µs a message), then clears it property by property before
+    decoding even an empty property list. The tables are never modified after construction, so
+    every instance shares the first one's, and a fresh PUBLISH with no properties skips the clearing.
+    Property values remain per instance, so behaviour is unchanged (test_bridge_mqtt_session).
+    """
+
+    _tables: dict[str, Any] | None = None
+
+    def __init__(self, packetType: int) -> None:  # noqa: N803 - paho's parameter name
+        tables = SharedTableProperties._tables
+        if tables is None:
+            super().__init__(packetType)
+            SharedTableProperties._tables = {k: v for k, v in vars(self).items() if k != "packetType"}
+        else:
+            self.__dict__.update(tables)
+            self.packetType = packetType
+
+    def unpack(self, buffer: bytes) -> tuple["SharedTableProperties", int]:
+        # Device telemetry rarely carries properties: a zero length needs no clearing or parsing.
+        # A fresh instance holds only the shared tables and packetType: no value to clear.
+        fresh = self._tables is not None and len(self.__dict__) == len(self._tables) + 1
+        if buffer[:1] == b"\x00" and fresh and self.packetType == PacketTypes.PUBLISH:
+            return self, 1
+        return super().unpack(buffer)
+
+
+def install_shared_table_properties() -> None:
+    """Make paho's packet decoder (paho-mqtt 2.2.0 ``_packet``) build SharedTableProperties."""
+    paho.mqtt._packet.Properties = SharedTableProperties  # type: ignore[attr-defined]
+
+
+class ReceivedMessage(MQTTMessage):
+    """An MQTTMessage whose ``info`` is a shared placeholder: received messages are not tracked."""
+
+    __slots__ = ()
+    _UNTRACKED = MQTTMessageInfo(0)
+
+    def __init__(self, mid: int, topic: bytes) -> None:
+        self.mid = mid
+        self._topic = topic
+        self.state = mqtt_ms_invalid
+        self.info = self._UNTRACKED
+
+
+class FastBridgeClient(PublicBridgeClient):
+    """paho's Client, leaner per message (see the module docstring; paho-mqtt 2.2.0 only)."""
+
+    def send_pubacks(self, mids: list[int]) -> None:
+        """Queue a PUBACK for each QoS 1 packet id, in order, as one outgoing write.
+
+        paho's ``ack()`` queues one packet per ack and writes a byte to its wake-up socket pair for
+        each; one packet carrying all of them wakes the network thread once and is sent with one
+        ``send()``. paho resumes a partial write at the right byte, and drops the queue on reconnect.
+        """
+        if mids:
+            self._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if self._ssl or self._transport != "tcp":
+            return sock
+        return _BufferedSocket(sock)
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """paho's PUBLISH handling for QoS 0 and 1, minus two per-message costs the bridge never needs.
+
+        paho gives every received message an ``MQTTMessageInfo`` (a lock and a condition, used only
+        to track outgoing publishes), and formats a debug log line for it. A received message here
+        shares one untracked info. QoS 2, which a QoS 1 subscription never receives, stays paho's.
+        """
+        packet = self._in_packet
+        result = paho.mqtt._packet.decode_publish(packet["command"], packet["packet"], self._protocol)
+        if result.qos == 2:
+            return super()._handle_publish()
+        message = ReceivedMessage(result.mid, result.topic)
+        message.dup = result.dup
+        message.qos = result.qos
+        message.retain = result.retain
+        message.properties = result.properties
+        message.payload = result.payload
+        message.timestamp = time.monotonic()  # paho's time_func; the bridge's receive time
+        self._handle_on_message(message)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS  # manual acks: the bridge acks after Kafka
+
+    def _handle_on_message(self, message: MQTTMessage) -> None:
+        """Call ``on_message`` directly.
+
+        paho first matches every topic against the callbacks of ``message_callback_add`` (5-8% of
+        the bridge's CPU in a profile); the bridge registers none, and refuses them below.
+        """
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        raise NotImplementedError("FastBridgeClient dispatches every message to on_message")
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Read the packets already buffered (up to _PACKETS_PER_READ), one at a time, until the bridge
+        holds more unacked messages than its window."""
+        if self._paused():
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        over_window = self._over_window
+        rc = Client.loop_read(self, max_packets)
+        for _ in range(_PACKETS_PER_READ):
+            sock = self._sock
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not isinstance(sock, _BufferedSocket) or not sock.pending() or over_window():
+                break
+            rc = Client.loop_read(self, max_packets)
+        return rc
+
+    def _wait_for_acks(self) -> None:
+        # While reading is paused the broker's PINGRESP waits unread in the socket, so its absence
+        # says nothing about the connection: paho would otherwise close it after twice the
+        # keepalive. PINGREQs still go out (the broker's side of the keepalive).
+        self._ping_t = 0
+        super()._wait_for_acks()
