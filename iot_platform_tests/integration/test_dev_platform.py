@@ -28,6 +28,11 @@ query { runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { run
 """
 
 
+MATERIALIZATIONS_QUERY = """
+query ($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path } assetMaterializations(limit: 20) { runId } } }
+"""
+
+
 def _publish(env: dict[str, str], topic: str, payload: bytes) -> None:
     host, port = env["IOT_MQTT_URL"].removeprefix("mqtt://").split(":")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
@@ -64,6 +69,19 @@ def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
     assert status["kafka"]["bootstrap"] == env["IOT_KAFKA_BOOTSTRAP"]
     assert f":{env['IOT_PG_PORT']}/iot" in status["postgres"]["dsn"]
     assert status["dagster"]["url"].endswith(f":{env['IOT_DAGSTER_PORT']}")
+
+
+def test_dev_up_leaves_schema_roles_and_dashboards_materialized(dev_platform: dict) -> None:
+    """Right after `dev up`, Dagster shows iot_schema (reported by dev up, without a run), tenant_roles and
+    grafana_dashboards (one serving_refresh run) materialized, and the dashboards' files exist."""
+    names = ("iot_schema", "tenant_roles", "grafana_dashboards")
+    result = graphql(dev_platform["url"], MATERIALIZATIONS_QUERY, {"keys": [{"path": [name]} for name in names]})
+    found = {node["assetKey"]["path"][0]: node["assetMaterializations"] for node in result["data"]["assetNodes"]}
+    runs = {name: {m["runId"] for m in materializations} for name, materializations in found.items()}
+    assert set(runs) == set(names), result
+    assert "" in runs["iot_schema"], runs  # reported without a run: dev up's (the schedule's have a run)
+    assert (runs["tenant_roles"] & runs["grafana_dashboards"]) - {""}, runs  # one run materialized both
+    assert (dev_platform["home"] / "grafana" / "provisioning" / "dashboards" / "tenant-telemetry.json").is_file()
 
 
 def test_topics_exist_with_partitions_and_retention(dev_platform: dict) -> None:
