@@ -1,6 +1,6 @@
 """The Dagster webserver and daemon of the local platform, and the first materializations `dev up` records.
 
-Both get ``DAGSTER_HOME`` under the platform's home (with the repository's ``dagster.yaml``) and the
+Both get ``DAGSTER_HOME`` under the platform's home (with ``iot_platform/stack/dagster.yaml``) and the
 platform settings as ``IOT_*`` variables, so the services they launch use the same endpoints.
 The daemon's process group also holds the code server and the run workers it starts, so stopping
 that group stops the supervised bridge and consumer too.
@@ -20,9 +20,12 @@ from pathlib import Path
 
 from iot_platform.settings import Settings
 from iot_platform.stack.ports import ensure_port_free
-from iot_platform.stack.process import StackError, spawn, stop_group, wait_until
+from iot_platform.stack.process import spawn, stop_group, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The platform's instance config lives in the package, not the project root: there, `dg check defs` and
+# `dg dev` (no DAGSTER_HOME) would load it and fail on its IOT_PG_* variables.
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 DEFINITIONS_MODULE = "iot_platform.orchestration.definitions"
 FIRST_MATERIALIZATIONS_MODULE = "iot_platform.orchestration.first_materializations"
 
@@ -30,10 +33,7 @@ FIRST_MATERIALIZATIONS_MODULE = "iot_platform.orchestration.first_materializatio
 def dagster_home(settings: Settings) -> Path:
     home = settings.home / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    source = REPO_ROOT / "dagster.yaml"
-    if not source.exists():
-        raise StackError(f"{source} is missing: run from a checkout of the repository")
-    shutil.copyfile(source, home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     return home
 
 
