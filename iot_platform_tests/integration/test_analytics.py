@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -17,7 +16,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from pydantic import SecretStr
 
 from iot_platform.analytics import Reader, ReaderLoginError, TruncatedResultWarning
 from iot_platform.core.rollup import hour_of
@@ -25,8 +23,9 @@ from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations, ensure_day_partitions
 from iot_platform.storage.rollups import refresh_hour
+from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
-from iot_platform_tests.helpers import drop_roles
+from iot_platform_tests.helpers import private_roles
 from iot_platform_tests.integration.test_dagster_assets import insert_message
 
 pytestmark = pytest.mark.integration
@@ -70,20 +69,14 @@ def _seed(settings: Settings, tenants: dict[str, int], hours: tuple[datetime, ..
 
 @pytest.fixture
 def data(settings: Settings, postgres_server: Any) -> Iterator[Data]:
-    tag = uuid.uuid4().hex[:8]
-    synced = settings.model_copy(update={"tenant_role_prefix": f"a{tag}_", "tenant_password_key": SecretStr(KEY),
-                                         "analyst_role": f"analyst_{tag}", "ingest_role": f"ingest_{tag}"})
-    apply_migrations(synced)
-    current = hour_of(datetime.now(UTC))
-    hours = (current - timedelta(hours=2), current - timedelta(hours=1), current)
-    received = _seed(synced, {"acme": 3, "globex": 2}, hours)
-    refresh_hour(synced, hours[0])
-    result = sync_tenants(synced)
-    try:
+    with private_roles(settings, postgres_server.admin_dsn, KEY) as synced:
+        apply_migrations(synced)
+        current = hour_of(datetime.now(UTC))
+        hours = (current - timedelta(hours=2), current - timedelta(hours=1), current)
+        received = _seed(synced, {"acme": 3, "globex": 2}, hours)
+        refresh_hour(synced, hours[0])
+        sync_tenants(synced)
         yield Data(synced, hours, received)
-    finally:
-        drop_roles(postgres_server.admin_dsn, settings.pg_database,
-                   [role for _, role in result.roles] + [synced.analyst_role, synced.ingest_role])
 
 
 def _window(data: Data) -> tuple[datetime, datetime]:
@@ -161,8 +154,6 @@ def test_logins_that_bypass_row_level_security_are_refused(data: Data) -> None:
     s = data.settings
     with pytest.raises(ReaderLoginError, match="can write iot.messages or bypass row-level security"):
         Reader.login(s.pg_user, s.pg_password.get_secret_value(), s)
-    from iot_platform.storage.tenant_identity import derive_password
-
     with pytest.raises(ReaderLoginError, match="can write"):
         Reader.login(s.ingest_role, derive_password(KEY, s.ingest_role), s)
     with pytest.raises(ReaderLoginError, match=f"cannot log in as '{s.analyst_role}'.*IOT_PG_PORT"):
@@ -189,20 +180,14 @@ def test_readme_example_runs(settings: Settings, postgres_server: Any) -> None:
     block = README.read_text().split("### From Python (pandas)", 1)[1]
     code = re.search(r"```python\n(.*?)```", block, re.S)
     assert code, "README: no python block under 'From Python (pandas)'"
-    tag = uuid.uuid4().hex[:8]
-    synced = settings.model_copy(update={"tenant_role_prefix": f"r{tag}_", "tenant_password_key": SecretStr(KEY),
-                                         "analyst_role": f"analyst_{tag}", "ingest_role": f"ingest_{tag}"})
-    apply_migrations(synced)
-    current = hour_of(datetime.now(UTC))
-    _seed(synced, {"tenant00": 3}, (current - timedelta(hours=1), current))
-    result = sync_tenants(synced)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
-    env.update({k: v for k, v in synced.as_env().items()
-                if k.startswith(("IOT_PG_", "IOT_TENANT_", "IOT_ANALYST_", "IOT_INGEST_"))})
-    try:
+    with private_roles(settings, postgres_server.admin_dsn, KEY) as synced:
+        apply_migrations(synced)
+        current = hour_of(datetime.now(UTC))
+        _seed(synced, {"tenant00": 3}, (current - timedelta(hours=1), current))
+        sync_tenants(synced)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_")}
+        env.update({k: v for k, v in synced.as_env().items()
+                    if k.startswith(("IOT_PG_", "IOT_TENANT_", "IOT_ANALYST_", "IOT_INGEST_"))})
         run = subprocess.run([sys.executable, "-c", code.group(1)], env=env, capture_output=True, text=True, timeout=120)
-    finally:
-        drop_roles(postgres_server.admin_dsn, settings.pg_database,
-                   [role for _, role in result.roles] + [synced.analyst_role, synced.ingest_role])
     assert run.returncode == 0, run.stderr
     assert "message_count" in run.stdout and "Europe/Berlin" in run.stdout and "tenant00-d1" in run.stdout, run.stdout

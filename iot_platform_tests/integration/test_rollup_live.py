@@ -5,7 +5,6 @@ security applies through the views."""
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -13,7 +12,6 @@ from typing import Any
 
 import psycopg2
 import pytest
-from pydantic import SecretStr
 
 from iot_platform.core.rollup import HourlyRollup, RawMessage, hour_of, rollup
 from iot_platform.settings import Settings
@@ -22,7 +20,7 @@ from iot_platform.storage.migrate import apply_migrations, ensure_day_partitions
 from iot_platform.storage.rollups import refresh_hour
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
-from iot_platform_tests.helpers import drop_roles
+from iot_platform_tests.helpers import private_roles
 from iot_platform_tests.integration.test_dagster_assets import PAYLOADS, insert_message
 
 pytestmark = pytest.mark.integration
@@ -175,17 +173,11 @@ def test_live_view_serves_settled_hours_from_the_rollup_tables(settings: Setting
 
 @pytest.fixture
 def logins(settings: Settings, hours: Hours, postgres_server: Any) -> Iterator[tuple[Settings, dict[str, str]]]:
-    tag = uuid.uuid4().hex[:8]
-    synced = settings.model_copy(update={"tenant_role_prefix": f"t{tag}_", "tenant_password_key": SecretStr(KEY),
-                                         "analyst_role": f"analyst_{tag}", "ingest_role": f"ingest_{tag}"})
-    _seed(synced, hours, count=6)
-    refresh_hour(synced, hours[0])
-    result = sync_tenants(synced)
-    try:
+    with private_roles(settings, postgres_server.admin_dsn, KEY) as synced:
+        _seed(synced, hours, count=6)
+        refresh_hour(synced, hours[0])
+        result = sync_tenants(synced)
         yield synced, {**dict(result.roles), "analyst": synced.analyst_role}
-    finally:
-        drop_roles(postgres_server.admin_dsn, settings.pg_database,
-                   [role for _, role in result.roles] + [synced.analyst_role, synced.ingest_role])
 
 
 def _login(settings: Settings, role: str) -> Any:
