@@ -84,6 +84,24 @@ def test_dev_up_leaves_schema_roles_and_dashboards_materialized(dev_platform: di
     assert (dev_platform["home"] / "grafana" / "provisioning" / "dashboards" / "tenant-telemetry.json").is_file()
 
 
+def test_live_rollup_shows_the_current_hour_within_seconds(dev_platform: dict) -> None:
+    """A message published now is counted in iot.rollup_hourly_live, in its (not rolled up) hour, within seconds."""
+    env, tenant = dev_platform["env"], f"live{uuid.uuid4().hex[:8]}"
+    _publish(env, f"mtic/msg/client/realtime/{tenant}/p1/telemetry", json.dumps({"device_id": "d1", "temperature": 20.5}).encode())
+    dsn = f"postgresql://iot:iot@127.0.0.1:{env['IOT_PG_PORT']}/iot?connect_timeout=5"
+
+    def live_rows() -> list[tuple]:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT r.hour = date_trunc('hour', m.received_at, 'UTC'), r.message_count,"
+                        " r.hour IN (SELECT hour FROM iot.rollup_hours)"
+                        " FROM iot.rollup_hourly_live r JOIN iot.messages m USING (tenant_id) WHERE tenant_id = %s", (tenant,))
+            rows = cur.fetchall()
+        conn.close()
+        return rows
+
+    assert wait_for(live_rows, 60, "the message in the live rollup") == [(True, 1, False)]
+
+
 def test_topics_exist_with_partitions_and_retention(dev_platform: dict) -> None:
     """An AdminClient sees iot-messages (6 partitions, 72 h) and iot-messages-dlq."""
     admin = AdminClient({"bootstrap.servers": dev_platform["env"]["IOT_KAFKA_BOOTSTRAP"]})
