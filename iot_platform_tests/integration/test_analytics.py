@@ -44,12 +44,14 @@ class Data:
 
 
 def _seed(settings: Settings, tenants: dict[str, int], hours: tuple[datetime, ...]) -> dict[str, list[datetime]]:
-    """``count`` JSON rows per tenant and hour (the first of acme's not JSON); offsets unique."""
+    """Registered tenants with ``count`` JSON rows per hour (the first of acme's not JSON); offsets unique."""
     received: dict[str, list[datetime]] = {t: [] for t in tenants}
     conn = connect(settings)
     try:
         ensure_day_partitions(conn, {h.date() for h in hours})
         with conn, conn.cursor() as cur:
+            for tenant in tenants:  # the registry says who is a tenant (tenants sync)
+                cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES (%s) ON CONFLICT DO NOTHING", (tenant,))
             offset = 0
             for hour in hours:
                 for tenant, count in tenants.items():

@@ -40,6 +40,8 @@ MESSAGES = [("acme", "p1", H0 + timedelta(minutes=1), 0, 1, {"temp": 20}),
 
 
 def _write_fixture_rows(settings: Settings, conn: Any) -> None:
+    with conn.cursor() as cur:  # the registry says who is a tenant (tenants sync)
+        cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('acme'), ('beta')")
     with conn.cursor() as cur:
         for tenant, project, received, partition, offset, document in MESSAGES:
             cur.execute(

@@ -45,6 +45,7 @@ def _seed(settings: Settings, hours: Hours, *, offset: int = 0, count: int = 40)
     try:
         ensure_day_partitions(conn, {h.date() for h in hours.starts})
         with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('acme'), ('globex') ON CONFLICT DO NOTHING")
             n = offset
             for start in hours.starts:
                 edges = [start, start + timedelta(hours=1) - timedelta(microseconds=1)]
