@@ -25,7 +25,7 @@ status: $(VENV)/.installed
 down: $(VENV)/.installed
 	$(VENV)/bin/iot-platform dev down
 
-# dg would otherwise build its instance from ./dagster.yaml, which needs the platform's PostgreSQL.
+# A throwaway instance: a DAGSTER_HOME set in the caller's shell (e.g. the platform's) is left alone.
 check-defs: $(VENV)/.installed
 	home=$$(mktemp -d); DAGSTER_HOME=$$home $(VENV)/bin/dg check defs; status=$$?; rm -rf $$home; exit $$status
 

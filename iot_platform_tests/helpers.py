@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import psycopg2
@@ -105,3 +107,23 @@ def drop_roles(admin_dsn: str, database: str, roles: list[str]) -> None:
                     cur.execute(pgsql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(pgsql.Identifier(role)))
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def private_roles(settings: Settings, admin_dsn: str, password_key: str) -> Iterator[Settings]:
+    """Settings whose tenant, analyst and ingest login roles (cluster-wide) belong to this test alone, with a
+    password key; every such role is dropped afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    own = settings.model_copy(update={"tenant_role_prefix": f"t{tag}_", "tenant_password_key": SecretStr(password_key),
+                                      "analyst_role": f"analyst_{tag}", "ingest_role": f"ingest_{tag}"})
+    try:
+        yield own
+    finally:
+        conn = psycopg2.connect(admin_dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (own.tenant_role_prefix,))
+                tenants = [row[0] for row in cur.fetchall()]
+        finally:
+            conn.close()
+        drop_roles(admin_dsn, settings.pg_database, tenants + [own.analyst_role, own.ingest_role])

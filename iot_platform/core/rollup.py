@@ -1,8 +1,9 @@
 """Hourly rollup maths: the reference definition of every number in ``iot.rollup_hourly*``.
 
-Pure: no database, no network. The ``iot_rollup_hourly`` asset computes the same aggregates in
-SQL for speed (:mod:`iot_platform.orchestration.assets.rollups`); the integration tests check that
-SQL and this module agree, so this file is where the rules are decided:
+Pure: no database, no network. The database computes the same aggregates in SQL for speed
+(``iot.rollup_hourly_compute`` and ``iot.rollup_hourly_fields_compute``, migration 060), for the
+``iot_rollup_hourly`` asset and the live views alike; the integration tests check that SQL and
+this module agree, so this file is where the rules are decided:
 
 - A message belongs to the hour of its ``received_at`` (UTC), the day-partition key of
   ``iot.messages``; ``device_ts`` is device-controlled and may be wrong or missing.

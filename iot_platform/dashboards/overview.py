@@ -1,8 +1,8 @@
 """The *Platform overview* dashboard: is data flowing, for whom, and is anything stuck?
 
 For operators, on the analyst data source (every tenant). Rates and delays come from the raw
-table (``iot.messages``, three days); per-tenant volumes from the hourly rollups (long ranges stay
-cheap). Kafka's end offsets are not in the database, so consumer lag is shown as what it costs:
+table (``iot.messages``, three days); per-tenant volumes from the live hourly rollups (long ranges
+stay cheap, and the current hour is aggregated from raw rows when queried). Kafka's end offsets are not in the database, so consumer lag is shown as what it costs:
 the delay between the bridge receiving a message and the consumer storing it, and the age of
 each partition's last committed offset (the consumer's Prometheus metrics carry record lag).
 """
@@ -28,9 +28,9 @@ ORDER BY 1""",
 MESSAGES_PER_TENANT = Panel(
     title="Messages per tenant (hourly)",
     kind="timeseries",
-    description="From iot.rollup_hourly; the current hour appears once the rollup has run.",
+    description="From iot.rollup_hourly_live: rolled-up hours, and the current hour aggregated from raw rows.",
     sql="""SELECT $__timeGroupAlias(hour, 1h), tenant_id AS metric, sum(message_count) AS messages
-FROM iot.rollup_hourly
+FROM iot.rollup_hourly_live
 WHERE $__timeFilter(hour)
 GROUP BY 1, 2
 ORDER BY 1, 2""",
@@ -40,9 +40,9 @@ ORDER BY 1, 2""",
 BYTES_PER_TENANT = Panel(
     title="Payload bytes per tenant (hourly)",
     kind="timeseries",
-    description="Sum of payload sizes, from iot.rollup_hourly.",
+    description="Sum of payload sizes, from iot.rollup_hourly_live (the current hour included).",
     sql="""SELECT $__timeGroupAlias(hour, 1h), tenant_id AS metric, sum(payload_bytes) AS bytes
-FROM iot.rollup_hourly
+FROM iot.rollup_hourly_live
 WHERE $__timeFilter(hour)
 GROUP BY 1, 2
 ORDER BY 1, 2""",
@@ -54,11 +54,11 @@ TENANTS_AND_PROJECTS = Panel(
     title="Tenants and projects",
     kind="table",
     format="table",
-    description="Totals over the selected range, from iot.rollup_hourly.",
+    description="Totals over the selected range, from iot.rollup_hourly_live (the current hour included).",
     sql="""SELECT tenant_id AS tenant, project_id AS project,
        sum(message_count) AS messages, sum(payload_bytes) AS bytes,
        max(distinct_devices) AS "devices (busiest hour)", max(hour) AS "last hour with data"
-FROM iot.rollup_hourly
+FROM iot.rollup_hourly_live
 WHERE $__timeFilter(hour)
 GROUP BY 1, 2
 ORDER BY 3 DESC, 1, 2""",

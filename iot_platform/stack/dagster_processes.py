@@ -1,6 +1,6 @@
-"""The Dagster webserver and daemon of the local platform.
+"""The Dagster webserver and daemon of the local platform, and the first materializations `dev up` records.
 
-Both get ``DAGSTER_HOME`` under the platform's home (with the repository's ``dagster.yaml``) and the
+Both get ``DAGSTER_HOME`` under the platform's home (with ``iot_platform/stack/dagster.yaml``) and the
 platform settings as ``IOT_*`` variables, so the services they launch use the same endpoints.
 The daemon's process group also holds the code server and the run workers it starts, so stopping
 that group stops the supervised bridge and consumer too.
@@ -8,27 +8,32 @@ that group stops the supervised bridge and consumer too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from iot_platform.settings import Settings
 from iot_platform.stack.ports import ensure_port_free
-from iot_platform.stack.process import StackError, spawn, wait_until
+from iot_platform.stack.process import spawn, stop_group, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The platform's instance config lives in the package, not the project root: there, `dg check defs` and
+# `dg dev` (no DAGSTER_HOME) would load it and fail on its IOT_PG_* variables.
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 DEFINITIONS_MODULE = "iot_platform.orchestration.definitions"
+FIRST_MATERIALIZATIONS_MODULE = "iot_platform.orchestration.first_materializations"
 
 
 def dagster_home(settings: Settings) -> Path:
     home = settings.home / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    source = REPO_ROOT / "dagster.yaml"
-    if not source.exists():
-        raise StackError(f"{source} is missing: run from a checkout of the repository")
-    shutil.copyfile(source, home / "dagster.yaml")
+    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     return home
 
 
@@ -81,6 +86,35 @@ def start_daemon(settings: Settings, log_dir: Path, pass_fds: tuple[int, ...] = 
         pass_fds=pass_fds,
     )
     return process.pid
+
+
+@contextlib.contextmanager
+def first_materializations(settings: Settings, log_dir: Path, applied: list[str],
+                           progress: Callable[[str], None], timeout_s: float = 120.0) -> Iterator[None]:
+    """Around the rest of `dev up`: record iot_schema and materialize tenant_roles and grafana_dashboards in the
+    platform's instance, in a process of its own that runs beside the block (it takes a few seconds, mostly
+    importing Dagster). After the block, wait for it and report; a failure is reported, not raised: the
+    platform runs, and the scheduled runs materialize the same assets later. If the block fails, it is stopped."""
+    log_path = log_dir / "first-materializations.log"
+    process = spawn([sys.executable, "-m", FIRST_MATERIALIZATIONS_MODULE, "--applied", ",".join(applied)],
+                    log_path, env=dagster_env(settings), cwd=REPO_ROOT)
+    try:
+        yield
+    except BaseException:
+        stop_group(process.pid)
+        raise
+    begin = time.monotonic()
+    try:
+        code = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_group(process.pid)
+        progress(f"dagster: first materializations still running after {timeout_s:.0f} s, stopped; see {log_path}")
+        return
+    if code != 0:
+        progress(f"dagster: first materializations failed (exit {code}); see {log_path}")
+    else:
+        progress(f"dagster: iot_schema, tenant_roles and grafana_dashboards materialized "
+                 f"(waited {time.monotonic() - begin:.1f} s for them)")
 
 
 def graphql(url: str, query: str, variables: dict | None = None, timeout_s: float = 10.0) -> dict:

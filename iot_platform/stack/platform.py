@@ -139,11 +139,13 @@ class LocalPlatform:
             self._step("postgres", started, self._start_postgres)
             self._step("kafka", started, self._start_kafka)
             self._step("mosquitto", started, self._start_mosquitto)
-            self._apply_migrations()
+            applied = self._apply_migrations()
             self._sync_broker_access()
             self._step("dagster_webserver", started, self._start_webserver)
-            self._step("dagster_daemon", started, self._start_daemon, checked=False)  # proven by the services
-            self._wait_for_services()
+            # After the webserver, which creates Dagster's storage: the UI shows the schema, roles and dashboards.
+            with dagster_processes.first_materializations(self.settings, self.logs, applied, self.progress):
+                self._step("dagster_daemon", started, self._start_daemon, checked=False)  # proven by the services
+                self._wait_for_services()
             if demo:
                 self._step("simulator", started, self._start_demo_fleet, checked=False)
         except BaseException:
@@ -179,11 +181,12 @@ class LocalPlatform:
     def _start_mosquitto(self) -> int | None:
         return self.mosquitto.start().pid
 
-    def _apply_migrations(self) -> None:
+    def _apply_migrations(self) -> list[str]:
         from iot_platform.storage.migrate import apply_migrations
 
         applied = apply_migrations(self.settings)
         self.progress(f"postgres: schema up to date ({len(applied)} migration(s) applied now)")
+        return applied
 
     def _sync_broker_access(self) -> None:
         from iot_platform.access.sync import sync_broker_access

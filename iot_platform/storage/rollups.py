@@ -4,8 +4,13 @@ Guarantee: :func:`refresh_hour` makes ``iot.rollup_hourly`` and ``iot.rollup_hou
 exactly the aggregates of the raw rows received in that hour, in one transaction. Rows are upserted
 and only rewritten when a number changed (``computed_at`` is when they last changed), and rows that
 no longer have raw data behind them are deleted, so re-running an hour gives identical rows.
-The numeric-field rules (top-level JSON numbers with magnitude 0 or within [1e-300, 1e300]) are
-those of the pure module; the integration tests check that both agree.
+A refresh that starts after the hour closed also records the hour in ``iot.rollup_hours`` (in the
+same transaction): from then on the live views (``iot.rollup_hourly_live``, ``..._fields_live``)
+serve that hour from these tables instead of aggregating its raw rows.
+The aggregation is the database's ``iot.rollup_hourly_compute`` / ``iot.rollup_hourly_fields_compute``
+(migration 060), which the live views use too; its numeric-field rules (top-level JSON numbers with
+magnitude 0 or within [1e-300, 1e300]) are those of the pure module, and the integration tests
+check that both agree.
 """
 
 from __future__ import annotations
@@ -13,31 +18,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from iot_platform.core.rollup import MAX_MAGNITUDE, MIN_MAGNITUDE, hour_of
+from iot_platform.core.rollup import hour_of
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 
+# The aggregation itself lives in the database (migration 060), shared with the live views.
 _FRESH = """
 CREATE TEMP TABLE fresh_rollup ON COMMIT DROP AS
-SELECT tenant_id, project_id, count(*) AS message_count, sum(octet_length(payload))::bigint AS payload_bytes,
-       count(DISTINCT device_id) AS distinct_devices
-FROM iot.messages WHERE received_at >= %(start)s AND received_at < %(end)s
-GROUP BY tenant_id, project_id;
+SELECT tenant_id, project_id, message_count, payload_bytes, distinct_devices
+FROM iot.rollup_hourly_compute(%(start)s, %(end)s);
 
 CREATE TEMP TABLE fresh_fields ON COMMIT DROP AS
-SELECT m.tenant_id, m.project_id, f.key AS field, count(*) AS value_count, min(n.v) AS min_value,
-       max(n.v) AS max_value, sum(n.v) / count(*) AS avg_value, sum(n.v) AS sum_value
-FROM iot.messages m
-CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(m.payload_json) = 'object' THEN m.payload_json ELSE '{}' END)
-    AS f(key, value)
-CROSS JOIN LATERAL (
-    -- CASE, not AND: only CASE guarantees the type test runs before the cast.
-    SELECT CASE WHEN jsonb_typeof(f.value) <> 'number' THEN NULL
-                WHEN f.value::numeric = 0 OR abs(f.value::numeric) BETWEEN %(min_mag)s AND %(max_mag)s
-                THEN f.value::numeric::float8 END AS v
-) AS n
-WHERE m.received_at >= %(start)s AND m.received_at < %(end)s AND n.v IS NOT NULL
-GROUP BY m.tenant_id, m.project_id, f.key;
+SELECT tenant_id, project_id, field, value_count, min_value, max_value, avg_value, sum_value
+FROM iot.rollup_hourly_fields_compute(%(start)s, %(end)s);
+"""
+
+# A refresh that starts after the hour closed settles it: the live views then read the hour from
+# the rollup tables. A refresh of the open hour (or under a clock that went back) unsettles it.
+_SETTLE = """
+INSERT INTO iot.rollup_hours (hour, refreshed_at) SELECT %(start)s, now() WHERE now() >= %(end)s
+ON CONFLICT (hour) DO UPDATE SET refreshed_at = EXCLUDED.refreshed_at;
+DELETE FROM iot.rollup_hours WHERE hour = %(start)s AND now() < %(end)s;
 """
 
 _UPSERT_ROLLUP = """
@@ -87,7 +88,7 @@ class HourRefresh:
 def refresh_hour(settings: Settings, hour: datetime) -> HourRefresh:
     """Recompute one hour's rollup rows from ``iot.messages`` (idempotent)."""
     start = hour_of(hour)
-    params = {"start": start, "end": start + timedelta(hours=1), "min_mag": MIN_MAGNITUDE, "max_mag": MAX_MAGNITUDE}
+    params = {"start": start, "end": start + timedelta(hours=1)}
     conn = connect(settings)
     try:
         with conn, conn.cursor() as cur:
@@ -106,6 +107,7 @@ def refresh_hour(settings: Settings, hour: datetime) -> HourRefresh:
             deleted += cur.rowcount
             cur.execute("SELECT count(*) FROM fresh_fields")
             (field_rows,) = cur.fetchone()
+            cur.execute(_SETTLE, params)
     finally:
         conn.close()
     return HourRefresh(start, int(groups), int(messages), written, deleted, int(field_rows))

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 SYNC_LOCK_KEY = 0x7E_4A_47_05  # arbitrary, constant: serialises concurrent syncs
 TENANT_GROUP, ANALYST_GROUP, INGEST_GROUP = "iot_tenant_reader", "iot_analyst", "iot_ingest"
-TENANT_READABLE = ("messages", "dead_letters", "rollup_hourly", "rollup_hourly_fields", "tenant_roles")
+TENANT_READABLE = ("messages", "dead_letters", "rollup_hourly", "rollup_hourly_fields", "tenant_roles",
+                   "rollup_hours", "rollup_hourly_live", "rollup_hourly_fields_live")  # 060: live rollups
 
 
 class TenantSyncError(RuntimeError):

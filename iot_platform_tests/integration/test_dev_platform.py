@@ -28,6 +28,11 @@ query { runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { run
 """
 
 
+MATERIALIZATIONS_QUERY = """
+query ($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path } assetMaterializations(limit: 20) { runId } } }
+"""
+
+
 def _register(env: dict[str, str], tenant: str, project: str) -> dict[str, str]:
     """A device of ``tenant``/``project``, registered as a user would (`devices add --json`)."""
     run_cli(env, "tenants", "add", tenant)  # may exist already (another test): then it says so and exits 1
@@ -79,6 +84,37 @@ def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
     assert status["kafka"]["bootstrap"] == env["IOT_KAFKA_BOOTSTRAP"]
     assert f":{env['IOT_PG_PORT']}/iot" in status["postgres"]["dsn"]
     assert status["dagster"]["url"].endswith(f":{env['IOT_DAGSTER_PORT']}")
+
+
+def test_dev_up_leaves_schema_roles_and_dashboards_materialized(dev_platform: dict) -> None:
+    """Right after `dev up`, Dagster shows iot_schema (reported by dev up, without a run), tenant_roles and
+    grafana_dashboards (one serving_refresh run) materialized, and the dashboards' files exist."""
+    names = ("iot_schema", "tenant_roles", "grafana_dashboards")
+    result = graphql(dev_platform["url"], MATERIALIZATIONS_QUERY, {"keys": [{"path": [name]} for name in names]})
+    found = {node["assetKey"]["path"][0]: node["assetMaterializations"] for node in result["data"]["assetNodes"]}
+    runs = {name: {m["runId"] for m in materializations} for name, materializations in found.items()}
+    assert set(runs) == set(names), result
+    assert "" in runs["iot_schema"], runs  # reported without a run: dev up's (the schedule's have a run)
+    assert (runs["tenant_roles"] & runs["grafana_dashboards"]) - {""}, runs  # one run materialized both
+    assert (dev_platform["home"] / "grafana" / "provisioning" / "dashboards" / "tenant-telemetry.json").is_file()
+
+
+def test_live_rollup_shows_the_current_hour_within_seconds(dev_platform: dict) -> None:
+    """A message published now is counted in iot.rollup_hourly_live, in its (not rolled up) hour, within seconds."""
+    env, tenant = dev_platform["env"], f"live{uuid.uuid4().hex[:8]}"
+    _publish(env, f"mtic/msg/client/realtime/{tenant}/p1/telemetry", json.dumps({"device_id": "d1", "temperature": 20.5}).encode())
+    dsn = f"postgresql://iot:iot@127.0.0.1:{env['IOT_PG_PORT']}/iot?connect_timeout=5"
+
+    def live_rows() -> list[tuple]:
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT r.hour = date_trunc('hour', m.received_at, 'UTC'), r.message_count,"
+                        " r.hour IN (SELECT hour FROM iot.rollup_hours)"
+                        " FROM iot.rollup_hourly_live r JOIN iot.messages m USING (tenant_id) WHERE tenant_id = %s", (tenant,))
+            rows = cur.fetchall()
+        conn.close()
+        return rows
+
+    assert wait_for(live_rows, 60, "the message in the live rollup") == [(True, 1, False)]
 
 
 def test_topics_exist_with_partitions_and_retention(dev_platform: dict) -> None:

@@ -3,6 +3,7 @@ and returns the rows the test wrote."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,6 +19,7 @@ from iot_platform.dashboards.tenant_telemetry import TENANT_TELEMETRY
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
+from iot_platform.storage.rollups import refresh_hour
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
 from iot_platform_tests.helpers import drop_roles
@@ -27,23 +29,26 @@ pytestmark = pytest.mark.integration
 NOW = datetime.now(timezone.utc)
 H0 = NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
 H1 = H0 + timedelta(hours=1)
+HC = NOW.replace(minute=0, second=0, microsecond=0)  # the current, open hour
 RANGE = dict(start=H0 - timedelta(hours=1), end=NOW + timedelta(hours=1), interval=timedelta(minutes=1))
+# H0 is rolled up (read from the rollup tables); H1 and the current hour are aggregated live from raw rows.
+MESSAGES = [("acme", "p1", H0 + timedelta(minutes=1), 0, 1, {"temp": 20}),
+            ("acme", "p1", H0 + timedelta(minutes=2), 0, 2, {"temp": 22}),
+            ("acme", "p1", H1 + timedelta(minutes=1), 0, 3, {"temp": 30}),
+            ("beta", "p2", H0 + timedelta(minutes=5), 1, 1, {"hum": 50}),
+            ("acme", "p1", HC, 0, 4, {"temp": 40})]
 
 
-def _write_fixture_rows(conn: Any) -> None:
+def _write_fixture_rows(settings: Settings, conn: Any) -> None:
     with conn.cursor() as cur:  # the registry says who is a tenant (tenants sync)
         cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('acme'), ('beta')")
-    messages = [("acme", "p1", H0 + timedelta(minutes=1), 0, 1, b"0123456789"),
-                ("acme", "p1", H0 + timedelta(minutes=2), 0, 2, b"0123456789"),
-                ("acme", "p1", H1 + timedelta(minutes=1), 0, 3, b"0123456789"),
-                ("beta", "p2", H0 + timedelta(minutes=5), 1, 1, b"01234")]
     with conn.cursor() as cur:
-        for tenant, project, received, partition, offset, payload in messages:
+        for tenant, project, received, partition, offset, document in MESSAGES:
             cur.execute(
-                "INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, device_id, received_at,"
-                " kafka_partition, kafka_offset, ingested_at) VALUES (%s, %s, %s, %s, 'd1', %s, %s, %s, %s)",
-                (tenant, project, f"mtic/msg/client/realtime/{tenant}/{project}", payload, received, partition, offset,
-                 received + timedelta(seconds=2)))
+                "INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, device_id, received_at,"
+                " kafka_partition, kafka_offset, ingested_at) VALUES (%s, %s, %s, %s, %s, 'd1', %s, %s, %s, %s)",
+                (tenant, project, f"mtic/msg/client/realtime/{tenant}/{project}", json.dumps(document).encode(),
+                 json.dumps(document), received, partition, offset, received + timedelta(seconds=2)))
         for reason, source, tenant, offset in (("bad_topic", "bridge", None, 1), ("bad_topic", "bridge", None, 2),
                                                ("too_large", "bridge", "acme", 3)):
             cur.execute(
@@ -51,23 +56,15 @@ def _write_fixture_rows(conn: Any) -> None:
                 " kafka_partition, kafka_offset, dead_lettered_at) VALUES (%s, %s, 'x/y', %s, 'p', %s, 'dlq', 0, %s, %s)",
                 (reason, source, tenant, H0, offset, H0 + timedelta(minutes=offset)))
         cur.execute("INSERT INTO iot.ingest_offsets (topic, partition, next_offset) VALUES ('t', 0, 4), ('t', 1, 2)")
-        for hour, tenant, project, count, size in ((H0, "acme", "p1", 2, 20), (H1, "acme", "p1", 1, 10), (H0, "beta", "p2", 1, 5)):
-            cur.execute("INSERT INTO iot.rollup_hourly (hour, tenant_id, project_id, message_count, payload_bytes,"
-                        " distinct_devices) VALUES (%s, %s, %s, %s, %s, 1)", (hour, tenant, project, count, size))
-        for hour, tenant, project, field, n, low, high, total in (
-                (H0, "acme", "p1", "temp", 2, 20.0, 22.0, 42.0), (H1, "acme", "p1", "temp", 1, 30.0, 30.0, 30.0),
-                (H0, "beta", "p2", "hum", 1, 50.0, 50.0, 50.0)):
-            cur.execute("INSERT INTO iot.rollup_hourly_fields (hour, tenant_id, project_id, field, value_count, min_value,"
-                        " max_value, avg_value, sum_value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        (hour, tenant, project, field, n, low, high, total / n, total))
     conn.commit()
+    refresh_hour(settings, H0)
 
 
 @pytest.fixture
 def database(settings: Settings) -> Iterator[Any]:
     apply_migrations(settings)
     conn = connect(settings)
-    _write_fixture_rows(conn)
+    _write_fixture_rows(settings, conn)
     try:
         yield conn
     finally:
@@ -87,14 +84,19 @@ def _by_title(dashboard: Any, conn: Any, expansion: Expansion) -> dict[str, list
 
 
 def test_platform_overview_panels_return_the_written_rows(database: Any) -> None:
-    """Each overview panel returns rows, and the counts, bytes, reasons and delays are the ones written."""
+    """Each overview panel returns rows, and the counts, bytes, reasons and delays are the ones written,
+    the current hour's included."""
     rows = _by_title(PLATFORM_OVERVIEW, database, Expansion(**RANGE))
     assert all(rows.values()), [title for title, result in rows.items() if not result]
-    assert round(sum(float(r[1]) for r in rows["Message rate"]) * 60) == 4
+    assert round(sum(float(r[1]) for r in rows["Message rate"]) * 60) == 5
     per_tenant = {(int(r[0]), r[1]): int(r[2]) for r in rows["Messages per tenant (hourly)"]}
-    assert per_tenant == {(int(H0.timestamp()), "acme"): 2, (int(H1.timestamp()), "acme"): 1, (int(H0.timestamp()), "beta"): 1}
-    assert {(r[1], int(r[2])) for r in rows["Payload bytes per tenant (hourly)"]} == {("acme", 20), ("acme", 10), ("beta", 5)}
-    assert [(r[0], r[1], int(r[2]), int(r[3])) for r in rows["Tenants and projects"]] == [("acme", "p1", 3, 30), ("beta", "p2", 1, 5)]
+    assert per_tenant == {(int(H0.timestamp()), "acme"): 2, (int(H1.timestamp()), "acme"): 1,
+                          (int(H0.timestamp()), "beta"): 1, (int(HC.timestamp()), "acme"): 1}
+    per_tenant_bytes = {(int(r[0]), r[1]): int(r[2]) for r in rows["Payload bytes per tenant (hourly)"]}
+    assert per_tenant_bytes == {(int(H0.timestamp()), "acme"): 24, (int(H1.timestamp()), "acme"): 12,
+                                (int(H0.timestamp()), "beta"): 11, (int(HC.timestamp()), "acme"): 12}
+    assert [(r[0], r[1], int(r[2]), int(r[3]), r[5]) for r in rows["Tenants and projects"]] == [
+        ("acme", "p1", 4, 48, HC), ("beta", "p2", 1, 11, H0)]
     reasons: dict[str, int] = {}
     for r in rows["Dead letters by reason"]:
         reasons[r[1]] = reasons.get(r[1], 0) + int(r[2])
@@ -109,7 +111,8 @@ def test_platform_overview_panels_return_the_written_rows(database: Any) -> None
 
 
 def test_tenant_telemetry_variables_and_panels(database: Any) -> None:
-    """The variables list the written tenants, projects and fields; panels return that tenant's rollups only."""
+    """The variables list the written tenants, projects and fields; panels return that tenant's rollups only,
+    the live hours (H1, current) next to the rolled-up one (H0)."""
     bare = Expansion(**RANGE)
     assert _run(database, TENANT_TELEMETRY.variables[0].sql, bare) == [("acme",), ("beta",)]
     scope = {"tenant": Variable(("acme",))}
@@ -120,10 +123,11 @@ def test_tenant_telemetry_variables_and_panels(database: Any) -> None:
     rows = _by_title(TENANT_TELEMETRY, database, Expansion(**RANGE, variables=scope))
     assert all(rows.values()), [title for title, result in rows.items() if not result]
     assert {(int(r[0]), r[1], int(r[2])) for r in rows["Messages per hour"]} == {
-        (int(H0.timestamp()), "p1", 2), (int(H1.timestamp()), "p1", 1)}
-    assert [(float(r[1]), float(r[2]), float(r[3])) for r in rows["$field"]] == [(21.0, 20.0, 22.0), (30.0, 30.0, 30.0)]
+        (int(H0.timestamp()), "p1", 2), (int(H1.timestamp()), "p1", 1), (int(HC.timestamp()), "p1", 1)}
+    assert [(float(r[1]), float(r[2]), float(r[3])) for r in rows["$field"]] == [
+        (21.0, 20.0, 22.0), (30.0, 30.0, 30.0), (40.0, 40.0, 40.0)]
     summary = rows["Fields over the range"]
-    assert [(r[0], r[1], int(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in summary] == [("p1", "temp", 3, 20.0, 24.0, 30.0)]
+    assert [(r[0], r[1], int(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in summary] == [("p1", "temp", 4, 20.0, 28.0, 40.0)]
 
 
 def test_tenant_telemetry_as_a_tenant_role_sees_only_that_tenant(database: Any, settings: Settings, postgres_server: Any) -> None:

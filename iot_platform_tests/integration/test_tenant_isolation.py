@@ -52,8 +52,8 @@ class World:
 def _write_rows(conn: Any, tenant: str, offset: int) -> None:
     with conn.cursor() as cur:
         cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES (%s) ON CONFLICT DO NOTHING", (tenant,))
-        cur.execute("INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, message_id, received_at,"
-                    " kafka_partition, kafka_offset) VALUES (%s, 'p', 't', 'x', %s, %s, 0, %s)",
+        cur.execute("INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id, received_at,"
+                    " kafka_partition, kafka_offset) VALUES (%s, 'p', 't', '{\"f\": 1}', '{\"f\": 1}', %s, %s, 0, %s)",
                     (tenant, f"m{offset}", NOW - timedelta(minutes=5), offset))
         cur.execute("INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)"
                     " VALUES (%s, %s, %s, 0, %s)", (tenant, f"m{offset}", NOW - timedelta(minutes=5), offset))
