@@ -23,9 +23,8 @@ RUN pip install -c constraints.txt ".[k8s]" \
     && python -c "import iot_platform.orchestration.definitions, dagster_k8s, dagster_postgres"
 
 # Read by `dagster-webserver`/`dagster-daemon` from the working directory when run by hand; under
-# the Helm chart the instance comes from its ConfigMap in DAGSTER_HOME. (In the repository the
-# platform's instance config lives in the package, away from the project root where `dg` runs.)
-COPY iot_platform/stack/dagster.yaml workspace.yaml ./
+# the Helm chart the instance comes from its ConfigMap in DAGSTER_HOME.
+COPY dagster.yaml workspace.yaml ./
 
 # A non-root user (the manifests run every pod as uid 10001 with a read-only root filesystem):
 # DAGSTER_HOME must be writable for the webserver's and daemon's local files.

@@ -11,7 +11,7 @@ from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import RERUN_HOURS, SCHEDULED_CHECKS
 
-BATCH_TAG = "iot/batch"  # stack/dagster.yaml allows one run per value at a time: batches never pile up
+BATCH_TAG = "iot/batch"  # dagster.yaml allows one run per value at a time: batches never pile up
 
 rollup_job = dg.define_asset_job(
     "iot_rollup_hourly_job",

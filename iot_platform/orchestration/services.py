@@ -6,7 +6,7 @@ the run from the UI sends the service SIGINT, and it flushes, commits and exits.
 ``IOT_EXIT_WITH_PARENT=true``, so if the run worker itself is SIGKILLed the service stops too
 instead of running on as an orphan beside the replacement run. The run records its worker's pid
 and host as tags, which lets :mod:`.watchdog` recognise a run whose worker died. The tag
-``iot/service`` carries the run queue's limit of one run per service (``iot_platform/stack/dagster.yaml``).
+``iot/service`` carries the run queue's limit of one run per service (``dagster.yaml``).
 """
 
 import os

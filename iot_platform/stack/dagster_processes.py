@@ -1,6 +1,6 @@
 """The Dagster webserver and daemon of the local platform, and the first materializations `dev up` records.
 
-Both get ``DAGSTER_HOME`` under the platform's home (with ``iot_platform/stack/dagster.yaml``) and the
+Both get ``DAGSTER_HOME`` under the platform's home (the project's ``dagster.yaml`` plus PostgreSQL storage) and the
 platform settings as ``IOT_*`` variables, so the services they launch use the same endpoints.
 The daemon's process group also holds the code server and the run workers it starts, so stopping
 that group stops the supervised bridge and consumer too.
@@ -20,12 +20,26 @@ from pathlib import Path
 
 from iot_platform.settings import Settings
 from iot_platform.stack.ports import ensure_port_free
-from iot_platform.stack.process import spawn, stop_group, wait_until
+from iot_platform.stack.process import StackError, spawn, stop_group, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The platform's instance config lives in the package, not the project root: there, `dg check defs` and
-# `dg dev` (no DAGSTER_HOME) would load it and fail on its IOT_PG_* variables.
-INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
+INSTANCE_CONFIG = REPO_ROOT / "dagster.yaml"
+# Runs, event logs and schedule/sensor state in PostgreSQL (a database of its own). Not in the project's
+# dagster.yaml, where `dg check defs` / `dg dev` (no DAGSTER_HOME) would fail on the unset IOT_PG_* variables.
+# scheme: with SQLAlchemy 2.1 the default scheme does not pick psycopg2 (docs/design.md §4).
+STORAGE_CONFIG = """
+storage:
+  postgres:
+    postgres_db:
+      username: {env: IOT_PG_USER}
+      password: {env: IOT_PG_PASSWORD}
+      hostname: {env: IOT_PG_HOST}
+      port: {env: IOT_PG_PORT}
+      db_name: {env: IOT_PG_DAGSTER_DATABASE}
+      scheme: postgresql+psycopg2
+      params:
+        connect_timeout: 10
+"""
 DEFINITIONS_MODULE = "iot_platform.orchestration.definitions"
 FIRST_MATERIALIZATIONS_MODULE = "iot_platform.orchestration.first_materializations"
 
@@ -33,7 +47,9 @@ FIRST_MATERIALIZATIONS_MODULE = "iot_platform.orchestration.first_materializatio
 def dagster_home(settings: Settings) -> Path:
     home = settings.home / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
+    if not INSTANCE_CONFIG.exists():
+        raise StackError(f"{INSTANCE_CONFIG} is missing: run from a checkout of the repository")
+    (home / "dagster.yaml").write_text(INSTANCE_CONFIG.read_text() + STORAGE_CONFIG)
     return home
 
 

@@ -445,11 +445,14 @@ def test_dagster_instance_from_values_is_valid_for_dagster_and_equals_dagster_ya
                            (K8sRunLauncher.config_type(), instance["run_launcher"]["config"])):
         result = validate_config(schema, config)
         assert result.success, [e.message for e in result.errors]
-    local = yaml.safe_load((ROOT / "iot_platform" / "stack" / "dagster.yaml").read_text())
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     assert instance["run_coordinator"]["config"] == local["run_coordinator"]["config"]
     assert instance["run_monitoring"] == local["run_monitoring"]
     assert instance["telemetry"] == local["telemetry"] == {"enabled": False}
-    assert instance["storage"]["postgres"]["postgres_db"]["scheme"] == local["storage"]["postgres"]["postgres_db"]["scheme"]
+    from iot_platform.stack.dagster_processes import STORAGE_CONFIG
+
+    local_storage = yaml.safe_load(STORAGE_CONFIG)["storage"]  # what dev up adds to dagster.yaml
+    assert instance["storage"]["postgres"]["postgres_db"]["scheme"] == local_storage["postgres"]["postgres_db"]["scheme"]
     broken = copy.deepcopy(instance["run_launcher"]["config"]) | {"load_in_cluster_config": True}
     assert not validate_config(K8sRunLauncher.config_type(), broken).success  # positive control
 
