@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     mqtt_password: SecretStr | None = Field(default=None, description="Broker password.")
     mqtt_topic_filter: str = Field(default=DEFAULT_TOPIC_FILTER, description="Subscription filter of the bridge.")
     mqtt_topic_grammar: str = Field(default=DEFAULT_TOPIC_GRAMMAR, description="Topic grammar with {tenant_id} and {project_id}.")
-    mqtt_qos: int = Field(default=1, ge=1, le=1, description="Subscription QoS; only 1 is safe (DESIGN.md §2).")
+    mqtt_qos: int = Field(default=1, ge=1, le=1, description="Subscription QoS; only 1 is safe (docs/design.md §4.1).")
     mqtt_client_id: str = Field(default="iot-platform-bridge", description="Client id; the persistent session is keyed on it.")
     mqtt_keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     mqtt_connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one MQTT connect attempt.")
