@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     grafana_pg_sslmode: str = Field(default="disable", description="sslmode of Grafana's PostgreSQL data sources.")
 
     # Tenant roles (`iot-platform tenants sync`).
-    tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'Acme' reads as role tenant_acme_<hash>.")
+    tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'acme' reads as role tenant_acme, tenant 'Acme' as tenant_acme-<hash>.")
     tenant_password_key: SecretStr | None = Field(default=None, description="HMAC key from which each tenant/analyst/ingest role's password is derived (`tenants password` prints one); unset: roles get no password.")
     analyst_role: str = Field(default="analyst", description="Login role that reads every tenant (member of iot_analyst).")
     ingest_role: str = Field(default="ingest", description="Login role with only the consumer's privileges (member of iot_ingest).")
