@@ -31,7 +31,7 @@ from iot_platform.stack.ports import free_port
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.storage.migrate import apply_migrations
 from iot_platform_tests.faults.proxy import TcpProxy
-from iot_platform_tests.helpers import service_env
+from iot_platform_tests.helpers import service_env, wait_for
 
 
 @dataclass
@@ -228,26 +228,27 @@ def wait_pipeline_ready(settings: Settings, timeout_s: float, services: tuple[Se
             if not service.alive():
                 raise AssertionError(f"{service.name} exited early:\n{service.log_tail()}")
         simulate(settings, spec, rate=None, count=1, drain_timeout_s=5)
-        if _probe_stored(settings, spec.run_id):
+        if stored_count(settings, spec.run_id):
             return
         time.sleep(1.0)
     logs = "\n".join(f"--- {s.name} ---\n{s.log_tail()}" for s in services)
     raise AssertionError(f"pipeline not ready within {timeout_s} s\n{logs}")
 
 
-def _probe_stored(settings: Settings, run_id: str) -> bool:
+def stored_count(settings: Settings, run_id: str) -> int:
+    """Rows of simulator run ``run_id`` in iot.messages (0 while the database is not ready)."""
     from iot_platform.storage.db import connect
 
     try:
         conn = connect(settings)
     except Exception:  # noqa: BLE001 - not ready yet
-        return False
+        return 0
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM iot.messages WHERE payload_json->>'run_id' = %s", (run_id,))
-            return bool(cur.fetchone()[0])
+            return int(cur.fetchone()[0])
     except Exception:  # noqa: BLE001 - schema or partition not there yet
-        return False
+        return 0
     finally:
         conn.close()
 
@@ -299,12 +300,16 @@ def run_with_fault(
     count: int = 4_000,
     rate: float = 800,
 ) -> None:
-    """Publish ``count`` messages at ``rate``; 1.5 s in, inject ``fault``. Both services must recover
-    without a restart, and the invariants of :func:`assert_invariants` must hold."""
+    """Publish ``count`` messages at ``rate``; once a fifth of them are stored (traffic flows end to end)
+    and while the publisher still runs, inject ``fault``. Both services must recover without a restart,
+    and the invariants of :func:`assert_invariants` must hold."""
     with pipeline(settings, log_dir) as (bridge, consumer):
-        publisher = Publisher(settings, fleet_spec(settings, bad_fraction=0.01), count=count, rate=rate)
+        spec = fleet_spec(settings, bad_fraction=0.01)
+        publisher = Publisher(settings, spec, count=count, rate=rate)
         publisher.start()
-        time.sleep(1.5)
+        wait_for(lambda: stored_count(settings, spec.run_id) >= count // 5, 60, f"{count // 5} rows stored before the fault",
+                 interval_s=0.1)
+        assert publisher.is_alive(), "the publisher finished before the fault: it would not hit mid-stream"
         fault()
         result = publisher.finish(timeout_s=240)
         report = settle_and_verify(settings, result, timeout_s=180)

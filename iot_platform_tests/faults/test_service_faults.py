@@ -35,6 +35,7 @@ def test_bridge_sigkilled_three_times(settings: Settings, tmp_path: Path) -> Non
         publisher.start()
         for _ in range(3):
             time.sleep(1.2)
+            assert publisher.is_alive(), "the kill must land while messages flow"
             bridge.kill()
             time.sleep(0.3)
             bridge.start()
@@ -45,9 +46,9 @@ def test_bridge_sigkilled_three_times(settings: Settings, tmp_path: Path) -> Non
 
 
 def test_consumer_sigkilled_repeatedly(settings: Settings, tmp_path: Path) -> None:
-    """Invariant: the consumer SIGKILLed at four random moments while 5,000 messages flow (some kills
-    land between its database commit and its Kafka commit): on restart it resumes from the offsets
-    stored with the rows, so nothing is lost and nothing is stored twice."""
+    """Invariant: the consumer SIGKILLed at four random moments while 5,000 messages flow (a kill may land
+    between its database commit and its Kafka commit; the next test forces that case): on restart it
+    resumes from the offsets stored with the rows, so nothing is lost and nothing is stored twice."""
     apply_migrations(settings)
     rng = random.Random(7)
     with pipeline(settings, tmp_path / "logs") as (_bridge, consumer):
@@ -55,6 +56,7 @@ def test_consumer_sigkilled_repeatedly(settings: Settings, tmp_path: Path) -> No
         publisher.start()
         for _ in range(4):
             time.sleep(rng.uniform(0.6, 1.4))
+            assert publisher.is_alive(), "the kill must land while messages flow"
             consumer.kill()
             consumer.start()
         result = publisher.finish()
