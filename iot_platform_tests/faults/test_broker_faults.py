@@ -49,8 +49,10 @@ def test_kafka_sigkilled_and_restarted(stack: PrivateStack, settings: Settings, 
     run_with_fault(settings, tmp_path / "logs", fault)
 
 
+# Not run by default: failing, it waits out the whole 180 s settle (the suite must stay under 12 minutes).
+# `pytest --runxfail iot_platform_tests/faults/test_broker_faults.py::test_kafka_sigstopped_30s` reproduces it.
 @pytest.mark.xfail(
-    strict=False,
+    run=False,
     reason="consumer defect (docs/design.md §2.7): frozen right after a batch commit, librdkafka stays stuck "
     "rejoining its group and the reopen's close() hangs, so the consumer stores nothing more; remove once fixed",
 )
