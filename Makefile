@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 deps: $(VENV)/.installed
 	deploy/install-system-deps.sh
 	$(PY) -c 'from iot_platform.stack.kafka import kafka_classpath; kafka_classpath()'
+	$(PY) -m iot_platform_tests.kubernetes_schemas
 
 run: deps
 	$(VENV)/bin/iot-platform dev up

@@ -1,7 +1,8 @@
 """Sustained throughput and delivery latency of one `iot-platform bridge` process.
 
-Starts its own Mosquitto and Kafka (stack launchers, in a temporary directory, stopped at the end)
-unless --mqtt-url/--kafka-bootstrap are given, then measures two things:
+Starts its own Mosquitto (credentials required, a TLS listener and a plain loopback one) and Kafka
+(stack launchers, in a temporary directory, stopped at the end; --kafka-bootstrap uses another
+Kafka), then measures, for each transport of --transport (plain MQTT and MQTT over TLS, same run):
 
 1. drain: N messages wait in the bridge's persistent session (published while it was stopped);
    the bridge is started and we time how fast they reach Kafka (sum of high watermarks) -- the
@@ -10,7 +11,7 @@ unless --mqtt-url/--kafka-bootstrap are given, then measures two things:
    to Kafka confirmation) p50/p99 comes from the bridge's own histogram (/metrics), the end-to-end
    rate from Kafka.
 
-Usage: .venv/bin/python benchmarks/bridge_throughput.py [--messages 200000] [--live-rate 10000]
+Usage: .venv/bin/python benchmarks/bridge_throughput.py [--messages 200000] [--live-rate 10000] [--transport plain tls]
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
 
+from iot_platform.access.connection import configure
 from iot_platform.bridge.metrics import LATENCY_BUCKETS_S, LatencyHistogram
 from iot_platform.settings import Settings
+from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
-from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
+from iot_platform_tests.helpers import provision_mqtt_access, publisher_credentials
 
 
 def kafka_total(consumer: Consumer, topic: str) -> int:
@@ -76,6 +80,7 @@ def stop_bridge(process: subprocess.Popen[bytes]) -> None:
 
 def publisher(settings: Settings) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}")
+    configure(client, settings, publisher_credentials(settings))
     client.max_inflight_messages_set(1000)
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=60)
     client.loop_start()
@@ -139,74 +144,86 @@ def main() -> int:
     parser.add_argument("--live-messages", type=int, default=100_000)
     parser.add_argument("--live-rate", type=float, default=10_000, help="publish rate of the live phase (msg/s)")
     parser.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5")
-    parser.add_argument("--mqtt-url")
+    parser.add_argument("--transport", nargs="+", choices=["plain", "tls"], default=["plain", "tls"],
+                        help="broker listeners to measure, in this order (default: both)")
     parser.add_argument("--kafka-bootstrap")
     args = parser.parse_args()
 
     # The directory is removed last, after the stack has stopped the servers that write into it.
     with tempfile.TemporaryDirectory(prefix="iot-bench-bridge-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        mqtt_url, bootstrap = args.mqtt_url, args.kafka_bootstrap
-        if not mqtt_url:
-            mosquitto = MosquittoServer(work / "mosquitto", free_port()).start()
-            stack.callback(mosquitto.kill)
-            mqtt_url = mosquitto.url
+        mosquitto = MosquittoServer(work / "mosquitto", free_port(), admin=new_admin(), tls_port=free_port(),
+                                    tls=server_certificate(work / "tls", "mosquitto")).start()
+        stack.callback(mosquitto.kill)
+        bootstrap = args.kafka_bootstrap
         if not bootstrap:
             kafka = KafkaServer(work / "kafka", free_port(), free_port()).start()
             stack.callback(kafka.kill)
             bootstrap = kafka.bootstrap
-        tag = uuid.uuid4().hex[:8]
-        metrics_port = free_port()
-        settings = Settings(
-            home=work / "home",
-            mqtt_url=mqtt_url,
-            kafka_bootstrap=bootstrap,
-            kafka_topic=f"bench-messages-{tag}",
-            kafka_dlq_topic=f"bench-dlq-{tag}",
-            mqtt_client_id=f"bench-bridge-{tag}",
-            mqtt_topic_filter=f"b{tag}/mtic/msg/client/realtime/#",
-            mqtt_topic_grammar=f"b{tag}/mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}[/...]",
-            bridge_metrics_port=metrics_port,
-            heartbeat_interval_s=1.0,
-            mqtt_protocol=args.mqtt_protocol,
-        )
-        ensure_topics(settings)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{tag}"})
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"})
         stack.callback(consumer.close)
-        
-        # Phase 1 (drain): the session exists, the bridge is stopped, the broker queues N messages.
-        stop_bridge(start_bridge(settings, work))
-        pub = publisher(settings)
-        stack.callback(pub.loop_stop)
-        t0 = time.monotonic()
-        publish_all(pub, payloads(settings, args.messages), None)
         print(f"MQTT {args.mqtt_protocol}, load average before: {os.getloadavg()[0]:.1f} (2 cores, shared)")
-        print(f"queued {args.messages} messages in the bridge's session in {time.monotonic() - t0:.1f}s")
-        bridge = start_bridge(settings, work)
-        stack.callback(lambda: bridge.poll() is None and bridge.kill())
-        drain_rate, took = measure_rate(consumer, settings.kafka_topic, args.messages, 120)
-        drain_latency = scrape_latency(metrics_port)
-        print(f"drain: {args.messages} messages in {took:.1f}s, sustained {drain_rate:,.0f} msg/s "
-              f"(latency under saturation p50 {drain_latency.quantile(0.5) * 1000:.1f} ms, "
-              f"p99 {drain_latency.quantile(0.99) * 1000:.1f} ms, max in flight {max_in_flight(work)})")
-        stop_bridge(bridge)
-
-        # Phase 2 (live): publish at a fixed rate while the bridge runs.
-        bridge = start_bridge(settings, work)
-        base = kafka_total(consumer, settings.kafka_topic)
-        before = scrape_latency(metrics_port)
-        t0 = time.monotonic()
-        publish_all(pub, payloads(settings, args.live_messages), args.live_rate)
-        live_rate, _ = measure_rate(consumer, settings.kafka_topic, base + args.live_messages, 60)
-        elapsed = time.monotonic() - t0
-        live = scrape_latency(metrics_port)
-        live.counts = [a - b for a, b in zip(live.counts, before.counts)]
-        print(f"live: {args.live_messages} messages offered at {args.live_rate:,.0f} msg/s, all in Kafka after "
-              f"{elapsed:.1f}s; delivery latency p50 {live.quantile(0.5) * 1000:.1f} ms, "
-              f"p99 {live.quantile(0.99) * 1000:.1f} ms")
-        stop_bridge(bridge)
-        assert len(LATENCY_BUCKETS_S) + 1 == len(live.counts)
+        for transport in args.transport:
+            tag = uuid.uuid4().hex[:8]
+            settings = Settings(
+                home=work / "home",
+                mqtt_url=mosquitto.url if transport == "tls" else mosquitto.plain_url,
+                mqtt_ca_file=mosquitto.ca_file,
+                mqtt_admin_username=mosquitto.admin.username,
+                mqtt_admin_password=mosquitto.admin.password,
+                kafka_bootstrap=bootstrap,
+                kafka_topic=f"bench-messages-{tag}",
+                kafka_dlq_topic=f"bench-dlq-{tag}",
+                mqtt_client_id=f"bench-bridge-{tag}",
+                mqtt_topic_filter=f"b{tag}/mtic/msg/client/realtime/#",
+                mqtt_topic_grammar=f"b{tag}/mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}[/...]",
+                bridge_metrics_port=free_port(),
+                heartbeat_interval_s=1.0,
+                mqtt_protocol=args.mqtt_protocol,
+            )
+            settings = provision_mqtt_access(settings)
+            ensure_topics(settings)
+            run_transport(transport, settings, work / f"run-{transport}", consumer, args, stack)
     return 0
+
+
+def run_transport(
+    transport: str, settings: Settings, work: Path, consumer: Consumer, args: argparse.Namespace, stack: ExitStack
+) -> None:
+    work.mkdir(parents=True)
+    metrics_port = settings.bridge_metrics_port
+    # Phase 1 (drain): the session exists, the bridge is stopped, the broker queues N messages.
+    stop_bridge(start_bridge(settings, work))
+    pub = publisher(settings)
+    stack.callback(pub.loop_stop)
+    t0 = time.monotonic()
+    publish_all(pub, payloads(settings, args.messages), None)
+    print(f"[{transport}] queued {args.messages} messages in the bridge's session in {time.monotonic() - t0:.1f}s")
+    bridge = start_bridge(settings, work)
+    stack.callback(lambda: bridge.poll() is None and bridge.kill())
+    drain_rate, took = measure_rate(consumer, settings.kafka_topic, args.messages, 120)
+    drain_latency = scrape_latency(metrics_port)
+    print(f"[{transport}] drain: {args.messages} messages in {took:.1f}s, sustained {drain_rate:,.0f} msg/s "
+          f"= {1e6 / drain_rate:.1f} us/msg (latency under saturation p50 {drain_latency.quantile(0.5) * 1000:.1f} ms, "
+          f"p99 {drain_latency.quantile(0.99) * 1000:.1f} ms, max in flight {max_in_flight(work)})")
+    stop_bridge(bridge)
+
+    # Phase 2 (live): publish at a fixed rate while the bridge runs.
+    bridge = start_bridge(settings, work)
+    base = kafka_total(consumer, settings.kafka_topic)
+    before = scrape_latency(metrics_port)
+    t0 = time.monotonic()
+    publish_all(pub, payloads(settings, args.live_messages), args.live_rate)
+    live_rate, _ = measure_rate(consumer, settings.kafka_topic, base + args.live_messages, 60)
+    elapsed = time.monotonic() - t0
+    live = scrape_latency(metrics_port)
+    live.counts = [a - b for a, b in zip(live.counts, before.counts)]
+    print(f"[{transport}] live: {args.live_messages} messages offered at {args.live_rate:,.0f} msg/s, all in Kafka after "
+          f"{elapsed:.1f}s; delivery latency p50 {live.quantile(0.5) * 1000:.1f} ms, "
+          f"p99 {live.quantile(0.99) * 1000:.1f} ms")
+    stop_bridge(bridge)
+    pub.disconnect()
+    assert len(LATENCY_BUCKETS_S) + 1 == len(live.counts)
 
 
 if __name__ == "__main__":

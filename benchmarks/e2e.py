@@ -12,6 +12,11 @@ used by each component, and what `iot-platform verify` found lost or duplicated.
                                        are queued in Mosquitto for the bridge's persistent session;
                                        then both start and the drain time gives msg/s end to end.
 
+  --transport plain tls                each transport in turn on a fresh stack (default: both): MQTT on the
+                                       broker's plain loopback listener, then over TLS; both authenticated.
+                                       Publishers are `iot-platform simulate` processes publishing through
+                                       registered gateway devices (one per tenant and project).
+
 Usage: .venv/bin/python benchmarks/e2e.py --mode fixed --rate 2000 --duration 30
 """
 
@@ -91,7 +96,9 @@ def start_publishers(settings: Settings, workdir: Path, *, processes: int, rate:
         run_id = f"bench{i}{os.urandom(3).hex()}"
         argv = [sys.executable, "-m", "iot_platform.cli", "simulate", "--tenants", "5", "--projects", "4",
                 "--devices", str(devices), "--run-id", run_id, "--summary", str(summary), "--quiet",
-                "--rate", str((rate or 0) / processes), "--max-in-flight", "5000"]
+                "--rate", str((rate or 0) / processes), "--max-in-flight", "5000",
+                # gateways of their own: a second publisher re-registering the same one would rotate its password
+                "--tenant-prefix", f"p{i}t"]
         if duration_s is not None:
             argv += ["--duration", str(duration_s)]
         if count is not None:
@@ -173,19 +180,20 @@ def check_loss(settings: Settings, summaries: list[dict]) -> dict[str, int]:  # 
     return {"stored": stored, "lost": lost, "duplicates": duplicates}
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="iot-e2e-"))
     stack = PrivateStack(workdir / "stack").start()
     bridge = consumer = None
     try:
         settings = stack.settings(workdir / "home")
-        settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms})
+        mqtt_url = stack.mosquitto.url if transport == "tls" else stack.mosquitto.plain_url
+        settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms, "mqtt_url": mqtt_url})
         bridge, consumer = Service("bridge", settings, workdir), Service("consumer", settings, workdir)
         bridge.start()
         consumer.start()
         wait_pipeline_ready(settings, 90, (bridge, consumer))
         processes = args.publishers or (1 if (args.rate or 0) <= 5_000 and args.mode == "fixed" else 2)
-        result: dict[str, object] = {"mode": args.mode, "publishers": processes}
+        result: dict[str, object] = {"mode": args.mode, "transport": transport, "publishers": processes}
         if args.mode == "fixed":
             meter = CpuMeter(_pids(stack, bridge, consumer))
             meter.start()
@@ -263,10 +271,14 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample the bridge and consumer with py-spy (pip install -e '.[profile]') into DIR")
+    parser.add_argument("--transport", nargs="+", choices=["plain", "tls"], default=["plain", "tls"],
+                        help="MQTT listeners to measure, each on a fresh stack, in this order (default: both)")
     args = parser.parse_args()
-    result = run(args)
-    print(json.dumps(result, indent=1))
-    return 0 if result["lost"] == 0 and result["duplicates"] == 0 else 1
+    results = []
+    for transport in args.transport:
+        results.append(run(args, transport))
+        print(json.dumps(results[-1], indent=1), flush=True)
+    return 0 if all(r["lost"] == 0 and r["duplicates"] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

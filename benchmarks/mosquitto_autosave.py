@@ -18,14 +18,29 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.access.dynsec import DynsecClient
+from iot_platform.access.repair import create_client
+from iot_platform.access.state import ClientSpec
+from iot_platform.settings import Settings
+from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
 
 TOPIC = "bench/autosave"
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-only-password"  # a throw-away broker on loopback
+
+
+def _provision(server: MosquittoServer) -> None:
+    """The broker admits no anonymous client: one client that may publish and read TOPIC."""
+    settings = Settings(mqtt_url=server.url, mqtt_admin_username=server.admin.username, mqtt_admin_password=server.admin.password)
+    acls = [{"acltype": t, "topic": TOPIC, "allow": True} for t in ("publishClientSend", "publishClientReceive", "subscribePattern")]
+    with DynsecClient(settings) as admin:
+        admin.execute([{"command": "createRole", "rolename": "bench", "acls": acls},
+                       *create_client(ClientSpec(BENCH_USER, roles=("bench",)), BENCH_PASSWORD)])
 
 
 def _client(client_id: str, clean: bool) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+    client.username_pw_set(BENCH_USER, BENCH_PASSWORD)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     return client
@@ -89,8 +104,9 @@ def _count_survivors(port: int, expected: int) -> int:
 
 def run(autosave_changes: int, messages: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as workdir:
-        server = MosquittoServer(Path(workdir), free_port(), autosave_changes=autosave_changes).start()
+        server = MosquittoServer(Path(workdir), free_port(), autosave_changes=autosave_changes, admin=new_admin()).start()
         try:
+            _provision(server)
             _subscribe_offline(server.port)
             rate = _publish(server.port, messages)
             server.kill()

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the platform needs from the machine: Mosquitto (Debian), a JDK and Maven (for the
+# Installs what the platform needs from the machine: Mosquitto (Debian; its package ships the
+# dynamic-security plugin) and its command-line clients (the README's device example), a JDK and Maven (for the
 # Kafka jars, resolved into ~/.m2 from deploy/kafka/pom.xml), PostgreSQL server binaries.
 # As root it installs missing Debian packages; otherwise it says, in one line, what to install.
 set -euo pipefail
 
 missing=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from pydantic import ValidationError
+
 from iot_platform.settings import Settings
 
 # name -> (module, one-line help)
@@ -19,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bridge": ("iot_platform.bridge.cli", "Run the MQTT -> Kafka bridge in the foreground."),
     "consumer": ("iot_platform.consumer.cli", "Run the Kafka -> PostgreSQL consumer in the foreground."),
     "migrate": ("iot_platform.storage.migrate_cli", "Apply the database migrations."),
-    "tenants": ("iot_platform.storage.tenants_cli", "Tenant roles: tenants sync."),
+    "tenants": ("iot_platform.access.tenants_cli", "Tenants: tenants add | disable | list, and their database roles: tenants sync | password."),
+    "devices": ("iot_platform.access.devices_cli", "Devices and their broker credentials: devices add | rotate | disable | list."),
     "simulate": ("iot_platform.devices.simulate_cli", "Publish realistic telemetry from a simulated fleet."),
     "verify": ("iot_platform.devices.verify_cli", "Report lost, duplicated and dead-lettered messages."),
 }
@@ -44,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if module is None:  # pragma: no cover - argparse already exited on unknown commands
         parser.error(f"unknown command {args.command!r}")
-    return int(module.run(args, Settings()) or 0)
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # a bad IOT_* variable: one line each, no traceback
+        for error in exc.errors():
+            name = "IOT_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    return int(module.run(args, settings) or 0)
 
 
 if __name__ == "__main__":

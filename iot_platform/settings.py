@@ -14,13 +14,20 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TOPIC_GRAMMAR = "mtic/msg/client/realtime/{tenant_id}/{project_id}[/...]"
 DEFAULT_TOPIC_FILTER = "mtic/msg/client/realtime/#"
 DEFAULT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 THREE_DAYS_MS = 3 * 24 * 3600 * 1000
+MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+# Platform credentials that `dev up` generates into IOT_HOME/secrets/ (file name -> setting): a command
+# run by hand finds them there when the setting is unset.
+SECRET_FILES = {
+    "mqtt-admin-password": "mqtt_admin_password",
+    "mqtt-bridge-password": "mqtt_password",
+}
 
 
 def _default_bridge_id() -> str:
@@ -37,9 +44,14 @@ class Settings(BaseSettings):
     demo: bool = Field(default=True, description="`dev up` starts a small simulated device fleet.")
 
     # MQTT (source of telemetry).
-    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="Broker URL, mqtt://host:port.")
-    mqtt_username: str | None = Field(default=None, description="Broker user name, if the broker needs one.")
-    mqtt_password: SecretStr | None = Field(default=None, description="Broker password.")
+    mqtt_url: str = Field(default="mqtts://127.0.0.1:8883", description="Broker URL: mqtts://host:port (TLS, verified against IOT_MQTT_CA_FILE) or mqtt://host:port (plain).")
+    mqtt_ca_file: Path | None = Field(default=None, description="CA certificate (PEM) that signs the broker's certificate (default: IOT_HOME/tls/ca.pem when it exists).")
+    mqtt_plain_port: int = Field(default=1883, ge=0, description="Local broker (`dev up`): plain-MQTT listener on 127.0.0.1 for local tools, credentials still required (0: none).")
+    mqtt_username: str | None = Field(default="iot-bridge", description="The bridge's broker user name.")
+    mqtt_password: SecretStr | None = Field(default=None, description="The bridge's broker password (default: IOT_HOME/secrets/mqtt-bridge-password when it exists).")
+    mqtt_admin_username: str = Field(default="iot-admin", description="Broker admin client that manages devices through the dynamic-security API.")
+    mqtt_admin_password: SecretStr | None = Field(default=None, description="Its password (default: IOT_HOME/secrets/mqtt-admin-password when it exists).")
+    dynsec_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one dynamic-security request to the broker.")
     mqtt_topic_filter: str = Field(default=DEFAULT_TOPIC_FILTER, description="Subscription filter of the bridge.")
     mqtt_topic_grammar: str = Field(default=DEFAULT_TOPIC_GRAMMAR, description="Topic grammar with {tenant_id} and {project_id}.")
     mqtt_qos: int = Field(default=1, ge=1, le=1, description="Subscription QoS; only 1 is safe (docs/design.md §4.1).")
@@ -70,6 +82,11 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0, description="Timeout of one Kafka request.")
     kafka_consumer_group: str = Field(default="iot-postgres-writer", description="Consumer group of the PostgreSQL writer.")
     kafka_max_message_bytes: int = Field(default=1_048_576, gt=0, description="Kafka's max message size; keep above max_payload_bytes.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"] = Field(default="PLAINTEXT", description="security.protocol of every Kafka client.")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(default="SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols).")
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name (SASL_* protocols).")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (SASL_* protocols).")
+    kafka_ssl_ca_file: Path | None = Field(default=None, description="CA certificate (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL).")
 
     # Consumer.
     consumer_batch_size: int = Field(default=10_000, gt=0, description="Records per database transaction, at most.")
@@ -87,6 +104,8 @@ class Settings(BaseSettings):
     pg_password: SecretStr = Field(default=SecretStr("iot"), description="Its password.")
     pg_database: str = Field(default="iot", description="Database of the telemetry.")
     pg_dagster_database: str = Field(default="dagster", description="Database of Dagster's run and event storage.")
+    pg_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(default="prefer", description="libpq sslmode of every PostgreSQL connection.")
+    pg_sslrootcert: Path | None = Field(default=None, description="CA certificate (PEM) for sslmode verify-ca / verify-full.")
     pg_connect_timeout_s: int = Field(default=10, gt=0, description="Connect timeout of every connection.")
     pg_statement_timeout_ms: int = Field(default=60_000, gt=0, description="statement_timeout of every session.")
     retention_hours: int = Field(default=72, gt=0, description="Raw messages and dead letters older than this are removed.")
@@ -105,7 +124,7 @@ class Settings(BaseSettings):
     grafana_password: SecretStr = Field(default=SecretStr("admin"), description="Grafana admin password.")
     grafana_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Grafana HTTP API call.")
     grafana_pg_address: str | None = Field(default=None, description="host:port at which Grafana reaches PostgreSQL (default: pg_host:pg_port).")
-    grafana_pg_sslmode: str = Field(default="disable", description="sslmode of Grafana's PostgreSQL data sources.")
+    grafana_pg_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] | None = Field(default=None, description="sslmode of Grafana's PostgreSQL data sources (default: IOT_PG_SSLMODE, with prefer read as require and allow as disable: Grafana has neither).")
 
     # Tenant roles (`iot-platform tenants sync`).
     tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'acme' reads as role tenant_acme, tenant 'Acme' as tenant_acme-<hash>.")
@@ -113,10 +132,38 @@ class Settings(BaseSettings):
     analyst_role: str = Field(default="analyst", description="Login role that reads every tenant (member of iot_analyst).")
     ingest_role: str = Field(default="ingest", description="Login role with only the consumer's privileges (member of iot_ingest).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _platform_secrets(cls, data: object) -> object:
+        """Unset platform credentials and CA file come from IOT_HOME, where `dev up` wrote them."""
+        if not isinstance(data, dict):
+            return data
+        home = Path(str(data.get("home") or ".iot")).expanduser()
+        for file_name, name in SECRET_FILES.items():
+            path = home / "secrets" / file_name
+            if data.get(name) is None and path.is_file():
+                data[name] = path.read_text().strip()
+        ca = home / "tls" / "ca.pem"
+        if data.get("mqtt_ca_file") is None and ca.is_file():
+            data["mqtt_ca_file"] = ca
+        return data
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in MQTT_SCHEMES:
+            raise ValueError(f"IOT_MQTT_URL {value!r}: the scheme must be mqtt:// or mqtts://, not {scheme or 'none'}")
+        return value
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlsplit(self.mqtt_url).scheme == "mqtts"
 
     @property
     def mqtt_host(self) -> str:
@@ -124,7 +171,8 @@ class Settings(BaseSettings):
 
     @property
     def mqtt_port(self) -> int:
-        return urlsplit(self.mqtt_url).port or 1883
+        parts = urlsplit(self.mqtt_url)
+        return parts.port or MQTT_SCHEMES[parts.scheme]
 
     @property
     def dagster_url(self) -> str:
@@ -136,7 +184,27 @@ class Settings(BaseSettings):
         return (
             f"postgresql://{quote(self.pg_user, safe='')}{password}@{self.pg_host}:{self.pg_port}/"
             f"{database or self.pg_database}?connect_timeout={self.pg_connect_timeout_s}"
+            f"&sslmode={self.pg_sslmode}" + (f"&sslrootcert={quote(str(self.pg_sslrootcert))}" if self.pg_sslrootcert else "")
         )
+
+    @property
+    def grafana_sslmode(self) -> str:
+        if self.grafana_pg_sslmode is not None:
+            return self.grafana_pg_sslmode
+        return {"prefer": "require", "allow": "disable"}.get(self.pg_sslmode, self.pg_sslmode)
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka's connection and security properties: every Kafka client of the platform starts from these."""
+        config = {"bootstrap.servers": self.kafka_bootstrap, "security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            if self.kafka_ssl_ca_file is not None:
+                config["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
+            config["ssl.endpoint.identification.algorithm"] = "https"  # verify the broker's host name
+        return config
 
     def child_env(self) -> dict[str, str]:
         """This process's environment with its IOT_* variables replaced by these settings."""

@@ -1,6 +1,8 @@
 """Session-wide real servers (Mosquitto, Kafka, PostgreSQL) on free loopback ports.
 
-The servers are the same launchers `iot-platform dev up` uses. Each lives in a temporary directory
+The servers are the same launchers `iot-platform dev up` uses, secured the same way by default:
+Mosquitto refuses anonymous clients and serves TLS (certificate from a private CA of the session),
+and each test gets broker clients of its own (:func:`iot_platform_tests.helpers.provision_mqtt_access`). Each lives in a temporary directory
 and is stopped at the end of the session, also when tests fail. The function-scoped ``settings``
 fixture isolates one test from another: its own Kafka topics and consumer group, its own MQTT topic
 namespace and client id, and a fresh, empty database.
@@ -19,9 +21,11 @@ import pytest
 from iot_platform.settings import Settings
 from iot_platform.stack.databases import drop_database, ensure_platform_role_and_databases
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
-from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.certs import server_certificate
+from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
 from iot_platform.stack.postgres import PostgresServer
+from iot_platform_tests.helpers import provision_mqtt_access
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +56,10 @@ def kafka_server(stack_dir: Path) -> Iterator[KafkaServer]:
 
 @pytest.fixture(scope="session")
 def mosquitto_server(stack_dir: Path) -> Iterator[MosquittoServer]:
-    server = MosquittoServer(stack_dir / "mosquitto", free_port())
+    server = MosquittoServer(
+        stack_dir / "mosquitto", free_port(), admin=new_admin(), tls_port=free_port(),
+        tls=server_certificate(stack_dir / "tls", "mosquitto"),
+    )
     try:
         yield server.start()
     finally:
@@ -66,6 +73,9 @@ def base_settings(
     settings = Settings(
         home=stack_dir / "home",
         mqtt_url=mosquitto_server.url,
+        mqtt_ca_file=mosquitto_server.ca_file,
+        mqtt_admin_username=mosquitto_server.admin.username,
+        mqtt_admin_password=mosquitto_server.admin.password,
         kafka_bootstrap=kafka_server.bootstrap,
         pg_host=postgres_server.host,
         pg_port=postgres_server.port,
@@ -92,6 +102,7 @@ def settings(base_settings: Settings, postgres_server: PostgresServer, tmp_path:
             "pg_database": f"iot_test_{tag}",
         }
     )
+    isolated = provision_mqtt_access(isolated)
     ensure_topics(isolated)
     ensure_platform_role_and_databases(postgres_server.admin_dsn, isolated, isolated.pg_database)
     try:

@@ -26,11 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging(getattr(logging, args.log_level))
     from iot_platform.bridge.service import Bridge  # imported here so `--help` needs no network library
+    from iot_platform.access.connection import MqttSetupError, require_bridge_credentials
     from iot_platform.core.topics import GrammarError
 
     try:
+        require_bridge_credentials(settings)
         bridge = Bridge(settings)
-    except GrammarError as exc:
+    except (GrammarError, MqttSetupError) as exc:
         log.error("invalid configuration", extra={"error": str(exc)})
         return 1
     install_stop_signals(bridge.stop)

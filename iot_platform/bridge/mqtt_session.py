@@ -36,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from iot_platform.access.connection import bridge_credentials, configure
 from iot_platform.settings import Settings
 
 
@@ -203,9 +204,7 @@ def make_client(settings: Settings) -> BridgeClient:
     )
     client.connect_timeout = settings.mqtt_connect_timeout_s
     client.enable_logger(logging.getLogger("iot_platform.bridge.paho"))
-    if settings.mqtt_username:
-        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-        client.username_pw_set(settings.mqtt_username, password)
+    configure(client, settings, bridge_credentials(settings))  # credentials; TLS for mqtts://
     return client
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from iot_platform.access.kafka_credentials import authentication_message, is_authentication_failure
 from iot_platform.bridge.acks import InFlight
 from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.core.records import KAFKA_REJECTED, RecordRules, dead_letter_record
@@ -43,7 +44,7 @@ _REROUTABLE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD}
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config(),
         "client.id": f"iot-bridge-{settings.bridge_id}",
         "enable.idempotence": True,
         "acks": "all",
@@ -105,7 +106,8 @@ class ReliableProducer:
             self._failed(*self._refused.popleft())
         self._send_due_retries(time.monotonic())
         if self.fatal is not None:
-            raise FatalProducerError(str(self.fatal))
+            detail = self.fatal.str()
+            raise FatalProducerError(authentication_message(detail) if is_authentication_failure(self.fatal.code()) else detail)
 
     def flush(self, timeout_s: float) -> int:
         """Send everything waiting (retries included, backoff ignored); return what is still undelivered."""
@@ -181,7 +183,7 @@ class ReliableProducer:
         heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), replace(item, attempts=item.attempts + 1)))
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
+        if err.fatal() or is_authentication_failure(err.code()):  # wrong credentials: retrying cannot help
             self.fatal = err
         self._log_rate_limited(err, None)
 

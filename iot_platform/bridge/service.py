@@ -35,6 +35,7 @@ from iot_platform.core.topics import INVALID_TOPIC_ENCODING
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
+_AUTH_REFUSED = (0x86, 0x87)  # Bad user name or password, Not authorized (3.1.1's 4 and 5 map to these)
 
 
 class Bridge:
@@ -145,6 +146,14 @@ class Bridge:
 
     def _on_connect(self, client: Client, _u: Any, flags: ConnectFlags, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
+            if reason.value in _AUTH_REFUSED:  # a misconfiguration, not an outage: retrying cannot help
+                log.critical(
+                    "mqtt credentials refused: check IOT_MQTT_USERNAME and IOT_MQTT_PASSWORD",
+                    extra={"reason": str(reason), "username": self._settings.mqtt_username},
+                )
+                self._exit_code = 1
+                self.stop()
+                return
             log.error("mqtt connection refused", extra={"reason": str(reason)})
             return
         generation = self._gate.opened()

@@ -35,6 +35,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from iot_platform.access.kafka_credentials import authentication_message, is_authentication_failure
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.pending import PendingBatch, make_batch, row_key
 from iot_platform.consumer.positions import Positions
@@ -53,7 +54,7 @@ _CONSUME_CHUNK = 500
 
 def kafka_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config(),
         "group.id": settings.kafka_consumer_group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -65,6 +66,10 @@ def kafka_config(settings: Settings) -> dict[str, Any]:
         "fetch.max.bytes": 64 * 1024 * 1024,
         "client.id": "iot-postgres-writer",
     }
+
+
+class KafkaAuthenticationFailed(RuntimeError):
+    """Kafka refused the consumer's credentials (a misconfiguration: the service exits 1)."""
 
 
 @dataclass
@@ -126,6 +131,14 @@ class ConsumerService:
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:
+        """Consume until stopped: 0 after a clean stop; 1 when Kafka refuses the credentials."""
+        try:
+            return self._run()
+        except KafkaAuthenticationFailed as exc:
+            log.critical("kafka authentication failed: stopping", extra={"error": str(exc)})
+            return 1
+
+    def _run(self) -> int:
         consumer = self._open_consumer()
         log.info("consumer started", extra={"topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
                                             "group": self.settings.kafka_consumer_group})
@@ -150,7 +163,9 @@ class ConsumerService:
         return 0
 
     def _open_consumer(self) -> Consumer:
-        consumer = Consumer(kafka_config(self.settings), logger=logging.getLogger("iot_platform.consumer.kafka"))
+        consumer = Consumer(
+            {**kafka_config(self.settings), "error_cb": self._on_client_error}, logger=logging.getLogger("iot_platform.consumer.kafka")
+        )
         consumer.subscribe(
             [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
@@ -204,6 +219,12 @@ class ConsumerService:
 
     def _database_idle(self) -> bool:
         return self._in_flight is not None and self._in_flight.attempt.done()
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (runs inside consume()): wrong credentials stop the consumer."""
+        if is_authentication_failure(error.code()):
+            raise KafkaAuthenticationFailed(authentication_message(error.str()))
+        self._kafka_error(error)
 
     def _kafka_error(self, error: KafkaError) -> None:
         if error.fatal():

@@ -91,7 +91,7 @@ def push_to_grafana(settings: Settings, session: GrafanaSession | None = None) -
     if password is not None:
         session.upsert_datasource(MAIN_ORG_ID, datasource_payload(
             address=grafana_pg_address(settings), database=settings.pg_database, user=settings.analyst_role,
-            password=password, sslmode=settings.grafana_pg_sslmode))
+            password=password, sslmode=settings.grafana_sslmode))
     for dashboard in DASHBOARDS.values():
         session.upsert_dashboard(MAIN_ORG_ID, render(dashboard), FOLDER_TITLE)
     return PushResult(MAIN_ORG_ID, password is not None, tuple(d.uid for d in DASHBOARDS.values()))
@@ -106,7 +106,7 @@ def push_tenant_org(settings: Settings, session: GrafanaSession, tenant_id: str,
     org_id = session.ensure_org(tenant_org_name(tenant_id))
     session.upsert_datasource(org_id, datasource_payload(
         address=grafana_pg_address(settings), database=settings.pg_database, user=role, password=password,
-        sslmode=settings.grafana_pg_sslmode))
+        sslmode=settings.grafana_sslmode))
     for dashboard in TENANT_DASHBOARDS:
         session.upsert_dashboard(org_id, render(dashboard), FOLDER_TITLE)
     return org_id

@@ -63,6 +63,7 @@ class Telemetry:
     tenant_id: str
     device_id: str
     seq: int
+    project_id: str = ""
 
 
 @dataclass(slots=True)
@@ -102,6 +103,11 @@ class Fleet:
         ]
 
     @property
+    def projects(self) -> list[tuple[str, str]]:
+        """(tenant, project) pairs of the fleet, in order."""
+        return list(dict.fromkeys((d.tenant_id, d.project_id) for d in self._devices))
+
+    @property
     def devices(self) -> list[tuple[str, str, str]]:
         return [(d.tenant_id, d.project_id, d.device_id) for d in self._devices]
 
@@ -125,6 +131,7 @@ class Fleet:
             tenant_id=device.tenant_id,
             device_id=device.device_id,
             seq=device.seq,
+            project_id=device.project_id,
         )
 
     def _drift(self, d: _DeviceState) -> None:

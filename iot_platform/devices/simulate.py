@@ -1,5 +1,10 @@
 """Publish a simulated fleet's telemetry to MQTT at QoS 1, paced and bounded in flight.
 
+Credentials: ``credentials_for(tenant, project)`` names the broker client that publishes a message
+of that project (one connection per distinct client: a per-project gateway device for the demo, one
+namespace-wide test publisher in the tests). A message the broker refuses (its ACL) counts as
+*refused*, never as acked.
+
 Guarantee: a message counts as *acked* only when the broker's PUBACK arrived; paho keeps every
 unacked message and resends it after a reconnect, so a broker restart delays but never drops it.
 In flight (published, not yet acked) is bounded by ``max_outstanding`` (below paho's 65,535 message
@@ -18,10 +23,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TextIO
 
 import paho.mqtt.client as mqtt
 
+from iot_platform.access.connection import MqttCredentials, configure
 from iot_platform.devices.fleet import GOOD, Fleet, FleetSpec
 from iot_platform.devices.pacing import TokenBucket
 from iot_platform.settings import Settings
@@ -34,12 +41,13 @@ class SimulationResult:
     run_id: str
     sent: Counter[str] = field(default_factory=Counter)
     acked: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # PUBACK with a failure reason (not authorised)
     elapsed_s: float = 0.0
     last_seq: dict[str, tuple[str, int]] = field(default_factory=dict)  # device -> (tenant, seq)
 
     @property
     def unacked(self) -> int:
-        return sum(self.sent.values()) - sum(self.acked.values())
+        return sum(self.sent.values()) - sum(self.acked.values()) - sum(self.refused.values())
 
     @property
     def bad_acked(self) -> int:
@@ -50,6 +58,7 @@ class SimulationResult:
             "run_id": self.run_id,
             "sent": dict(self.sent),
             "acked": dict(self.acked),
+            "refused": dict(self.refused),
             "unacked": self.unacked,
             "elapsed_s": round(self.elapsed_s, 3),
             "rate_msg_s": round(sum(self.acked.values()) / self.elapsed_s, 1) if self.elapsed_s else 0.0,
@@ -61,31 +70,42 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def _connect(settings: Settings, client_id: str, timeout_s: float) -> tuple[mqtt.Client, "queue.SimpleQueue[int]"]:
-    acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+Ack = tuple[int, int, bool]  # connection index, message id, refused
+
+
+def _connect(
+    settings: Settings, credentials: MqttCredentials, client_id: str, index: int, acks: "queue.SimpleQueue[Ack]", timeout_s: float
+) -> mqtt.Client:
     connected = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    if settings.mqtt_username:
-        password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-        client.username_pw_set(settings.mqtt_username, password)
+    refused: list[object] = []
+    # MQTT 5: a PUBACK carries a reason code, so a publish the ACL refuses (0x87) is told apart.
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=credentials.client_id or client_id, protocol=mqtt.MQTTv5)
+    configure(client, settings, credentials)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.reconnect_delay_set(min_delay=0.2, max_delay=2)
     # Called under paho's own lock: only hand the mid over, never take another lock here.
-    client.on_publish = lambda _c, _u, mid, _rc, _p: acks.put(mid)
-    client.on_connect = lambda _c, _u, _f, rc, _p: connected.set() if not rc.is_failure else None
+    client.on_publish = lambda _c, _u, mid, rc, _p: acks.put((index, mid, rc.is_failure))
+
+    def on_connect(_c: object, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+        (refused.append(rc) if rc.is_failure else None)
+        connected.set()
+
+    client.on_connect = on_connect
     client.connect_async(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive_s)
     client.loop_start()
-    if not connected.wait(timeout_s):
+    if not connected.wait(timeout_s) or refused:
         client.loop_stop()
-        raise TimeoutError(f"MQTT broker {settings.mqtt_url} did not accept a connection in {timeout_s} s")
-    return client, acks
+        why = f"refused {credentials.username!r}: {refused[0]}" if refused else f"did not accept a connection in {timeout_s} s"
+        raise ConnectionError(f"MQTT broker {settings.mqtt_url} {why}")
+    return client
 
 
 def simulate(
     settings: Settings,
     spec: FleetSpec,
     *,
+    credentials_for: Callable[[str, str], MqttCredentials],
     rate: float | None,
     duration_s: float | None = None,
     count: int | None = None,
@@ -100,18 +120,33 @@ def simulate(
     stop = stop or threading.Event()
     fleet = Fleet(spec)
     result = SimulationResult(run_id=spec.run_id)
-    client, acks = _connect(settings, f"sim-{spec.run_id}", settings.mqtt_connect_timeout_s)
-    pending: dict[int, str] = {}
+    acks: queue.SimpleQueue[Ack] = queue.SimpleQueue()
+    clients: list[mqtt.Client] = []
+    by_user: dict[str, int] = {}
+    route: dict[tuple[str, str], mqtt.Client] = {}
+    for tenant_id, project_id in fleet.projects:
+        credentials = credentials_for(tenant_id, project_id)
+        if credentials.username not in by_user:
+            by_user[credentials.username] = len(clients)
+            client_id = f"sim-{spec.run_id}-{len(clients)}"
+            try:
+                clients.append(_connect(settings, credentials, client_id, len(clients), acks, settings.mqtt_connect_timeout_s))
+            except BaseException:
+                _close(clients)
+                raise
+        route[(tenant_id, project_id)] = clients[by_user[credentials.username]]
+    index_of = {id(c): i for i, c in enumerate(clients)}
+    pending: dict[tuple[int, int], str] = {}
     bucket = TokenBucket(rate)
 
     def drain(block_s: float = 0.0) -> None:
         try:
-            mid = acks.get(timeout=block_s) if block_s else acks.get_nowait()
+            index, mid, refused = acks.get(timeout=block_s) if block_s else acks.get_nowait()
             while True:
-                category = pending.pop(mid, None)
+                category = pending.pop((index, mid), None)
                 if category is not None:
-                    result.acked[category] += 1
-                mid = acks.get_nowait()
+                    (result.refused if refused else result.acked)[category] += 1
+                index, mid, refused = acks.get_nowait()
         except queue.Empty:
             return
 
@@ -138,8 +173,9 @@ def simulate(
             now_ms = time.time_ns() // 1_000_000
             for _ in range(budget):
                 message = fleet.next_message(now_ms)
+                client = route[(message.tenant_id, message.project_id)]
                 info = client.publish(message.topic, message.payload, qos=1)
-                pending[info.mid] = message.category
+                pending[(index_of[id(client)], info.mid)] = message.category
                 result.sent[message.category] += 1
                 result.last_seq[message.device_id] = (message.tenant_id, message.seq)
             if progress is not None and now >= next_report:
@@ -153,14 +189,19 @@ def simulate(
                 _report(progress, result, len(pending), time.monotonic() - started)
     finally:
         result.elapsed_s = time.monotonic() - started
-        client.disconnect()
-        client.loop_stop()
+        _close(clients)
         if progress is not None:
             _report(progress, result, len(pending), result.elapsed_s)
             progress.write("\n")
     if pending:
         log.warning("simulator stopped with unacked messages", extra={"unacked": len(pending)})
     return result
+
+
+def _close(clients: list[mqtt.Client]) -> None:
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _report(out: TextIO, result: SimulationResult, in_flight: int, elapsed_s: float) -> None:
@@ -171,19 +212,6 @@ def _report(out: TextIO, result: SimulationResult, in_flight: int, elapsed_s: fl
 
 
 DEMO_FLEET = {"tenants": 2, "projects": 2, "devices": 5, "rate": 20.0}
-
-
-def run_demo_fleet(settings: Settings, stop: threading.Event | None = None) -> SimulationResult:
-    """The small fleet `make run` shows: 2 tenants x 2 projects x 5 devices at 20 msg/s until stopped."""
-    spec = FleetSpec(
-        tenants=DEMO_FLEET["tenants"],
-        projects=DEMO_FLEET["projects"],
-        devices=DEMO_FLEET["devices"],
-        topic_grammar=settings.mqtt_topic_grammar,
-        run_id=new_run_id(),
-        max_payload_bytes=settings.max_payload_bytes,
-    )
-    return simulate(settings, spec, rate=DEMO_FLEET["rate"], stop=stop, progress=sys.stderr if sys.stderr.isatty() else None)
 
 
 def write_summary(result: SimulationResult, path: str) -> None:

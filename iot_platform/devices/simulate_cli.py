@@ -2,7 +2,12 @@
 
 Prints a JSON summary on stdout at the end (sent and acked per category, unacked, rate); with
 ``--summary FILE`` it also writes each device's last seq there, for `iot-platform verify --expect FILE`.
-Exits 1 when some messages were never acked by the broker.
+Exits 1 when some messages were never acked by the broker. The fleet publishes through registered
+gateway devices, one per (tenant, project), with their own credentials (registered or rotated at
+start, :mod:`iot_platform.access.gateways`); that needs the registry and the broker's admin client.
+A gateway's ACL is its project, so the broker refuses a topic outside the grammar or with an invalid
+id before the bridge sees it: ``--bad-fraction`` therefore sends oversize payloads only (the tests
+reach the bridge's other dead-letter paths with a namespace-wide test publisher).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import signal
 import sys
 import threading
 
-from iot_platform.devices.fleet import FleetSpec
-from iot_platform.devices.simulate import DEMO_FLEET, new_run_id, simulate, write_summary
+from iot_platform.devices.fleet import OVERSIZE, Fleet, FleetSpec
+from iot_platform.access.connection import MqttCredentials
+from iot_platform.devices.simulate import DEMO_FLEET, SimulationResult, new_run_id, simulate, write_summary
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.settings import Settings
 
@@ -27,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, help="Stop after this many seconds.")
     parser.add_argument("--count", type=int, default=None, help="Stop after this many messages.")
     parser.add_argument("--bad-fraction", type=float, default=0.0, help="Fraction of deliberately bad messages (0..1).")
+    parser.add_argument("--tenant-prefix", default="tenant", help="Tenant ids are PREFIX00, PREFIX01, ... (default 'tenant').")
     parser.add_argument("--seed", type=int, default=0, help="Seed of readings and of bad-message choice.")
     parser.add_argument("--run-id", default=None, help="Run id in every msg_id (default: random).")
     parser.add_argument("--max-in-flight", type=int, default=20_000, help="Published but unacked messages, at most (< 65,535).")
@@ -49,13 +56,40 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         bad_fraction=args.bad_fraction,
         max_payload_bytes=settings.max_payload_bytes,
         seed=args.seed,
+        tenant_prefix=args.tenant_prefix,
+        bad_categories=(OVERSIZE,),  # the only bad input a gateway's ACL lets through
     )
+    from iot_platform.access.errors import EXPECTED, one_line
+    from iot_platform.access.gateways import gateway_credentials
+
+    try:
+        gateways = gateway_credentials(settings, Fleet(spec).projects)
+    except EXPECTED as exc:
+        print(f"simulate failed: cannot register the gateway devices: {one_line(exc)}", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _s, _f: stop.set())
-    result = simulate(
+    try:
+        result = _simulate(settings, spec, gateways, args, stop)
+    except (ConnectionError, OSError) as exc:
+        print(f"simulate failed: {exc} (IOT_MQTT_URL, IOT_MQTT_CA_FILE)", file=sys.stderr)
+        return 1
+    if args.summary:
+        write_summary(result, args.summary)
+    summary = result.to_json()
+    del summary["devices"]
+    print(json.dumps(summary))
+    return 1 if result.unacked or sum(result.refused.values()) else 0
+
+
+def _simulate(
+    settings: Settings, spec: FleetSpec, gateways: dict[tuple[str, str], MqttCredentials], args: argparse.Namespace, stop: threading.Event
+) -> SimulationResult:
+    return simulate(
         settings,
         spec,
+        credentials_for=lambda tenant, project: gateways[(tenant, project)],
         rate=args.rate or None,
         duration_s=args.duration,
         count=args.count,
@@ -63,9 +97,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         stop=stop,
         progress=sys.stderr if sys.stderr.isatty() and not args.quiet else None,
     )
-    if args.summary:
-        write_summary(result, args.summary)
-    summary = result.to_json()
-    del summary["devices"]
-    print(json.dumps(summary))
-    return 1 if result.unacked else 0

@@ -74,7 +74,7 @@ def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> lis
     finally:
         conn.close()
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config(),
         "group.id": f"iot-verify-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "socket.timeout.ms": int(timeout_s * 1000),

@@ -1,6 +1,6 @@
 """The Dagster code location of the platform (served through workspace.yaml).
 
-Lineage: mqtt_telemetry -> kafka_iot_messages -> iot_messages -> iot_rollup_hourly -> tenant_roles
+Lineage: device_registry -> broker_access -> mqtt_telemetry -> kafka_iot_messages -> iot_messages -> iot_rollup_hourly -> tenant_roles
 -> grafana_dashboards; the bridge and consumer run as never-ending service jobs kept alive by service_watchdog.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from iot_platform.orchestration.assets.access import broker_access, broker_access_matches_registry, device_registry
 from iot_platform.orchestration.assets.rollups import iot_rollup_hourly
 from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 from iot_platform.orchestration.assets.sources import SOURCE_SPECS
@@ -20,8 +21,8 @@ from iot_platform.orchestration.services import SERVICE_JOBS, pipes_client
 from iot_platform.orchestration.watchdog import service_watchdog
 
 defs = dg.Definitions(
-    assets=[*SOURCE_SPECS, iot_schema, iot_retention, iot_rollup_hourly, tenant_roles, grafana_dashboards],
-    asset_checks=ALL_CHECKS,
+    assets=[device_registry, broker_access, *SOURCE_SPECS, iot_schema, iot_retention, iot_rollup_hourly, tenant_roles, grafana_dashboards],
+    asset_checks=[*ALL_CHECKS, broker_access_matches_registry],
     jobs=[*SERVICE_JOBS.values(), *JOBS],
     schedules=SCHEDULES,
     sensors=[service_watchdog, platform_observer],

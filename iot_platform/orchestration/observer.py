@@ -47,7 +47,7 @@ def rate(previous: dict | None, current_total: int | None, at: float, key: str) 
 def kafka_end_offsets(settings: Settings) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "iot-platform-observer",
+    consumer = Consumer({**settings.kafka_config(), "group.id": "iot-platform-observer",
                          "enable.auto.commit": False, "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000)})
     try:
         topic = consumer.list_topics(settings.kafka_topic, timeout=KAFKA_TIMEOUT_S).topics[settings.kafka_topic]

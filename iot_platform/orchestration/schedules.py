@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from iot_platform.core.rollup import hour_of
+from iot_platform.orchestration.assets.access import broker_access
 from iot_platform.orchestration.assets.rollups import PARTITION_FORMAT, iot_rollup_hourly
 from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
@@ -28,7 +29,13 @@ serving_job = dg.define_asset_job(
     "serving_refresh",
     selection=dg.AssetSelection.assets(tenant_roles, grafana_dashboards),
     tags={BATCH_TAG: "serving"},
-    description="Tenant roles for tenants seen in the data, then the Grafana dashboards.",
+    description="Tenant roles for the registered tenants, then the Grafana dashboards.",
+)
+access_job = dg.define_asset_job(
+    "broker_access_refresh",
+    selection=dg.AssetSelection.assets(broker_access),  # with its check
+    tags={BATCH_TAG: "access"},
+    description="Make the broker's access configuration equal the registry, then check it.",
 )
 checks_job = dg.define_asset_job(
     "iot_checks",
@@ -82,5 +89,14 @@ checks_schedule = dg.ScheduleDefinition(
     description="Every 15 minutes: the data-quality checks.",
 )
 
-JOBS = [rollup_job, storage_maintenance_job, serving_job, checks_job]
-SCHEDULES = [rollup_hourly_schedule, storage_maintenance_schedule, serving_schedule, checks_schedule]
+access_schedule = dg.ScheduleDefinition(
+    name="broker_access_schedule",
+    job=access_job,
+    cron_schedule="*/10 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 10 minutes: repair drift between the registry and the broker (a deleted client, a changed ACL).",
+)
+
+JOBS = [rollup_job, storage_maintenance_job, serving_job, checks_job, access_job]
+SCHEDULES = [rollup_hourly_schedule, storage_maintenance_schedule, serving_schedule, checks_schedule, access_schedule]

@@ -35,6 +35,11 @@ def dagster_home(settings: Settings) -> Path:
 def dagster_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in settings.child_env().items() if not k.startswith("DAGSTER_")}
     env["DAGSTER_HOME"] = str(dagster_home(settings))
+    # Dagster's own storage connects through SQLAlchemy/libpq, which reads these (dagster.yaml cannot
+    # pass them: its connection params take no environment variables).
+    env["PGSSLMODE"] = settings.pg_sslmode
+    if settings.pg_sslrootcert:
+        env["PGSSLROOTCERT"] = str(settings.pg_sslrootcert)
     return env
 
 

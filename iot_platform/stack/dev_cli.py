@@ -45,7 +45,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _describe(status: dict) -> str:
     pids = ", ".join(f"{name}={pid or '-'}" for name, pid in status["pids"].items())
     return (
-        f"MQTT      mqtt://{status['mqtt']['host']}:{status['mqtt']['port']}\n"
+        f"MQTT      {status['mqtt'].get('url') or 'mqtt://%s:%s' % (status['mqtt']['host'], status['mqtt']['port'])}"
+        f"{'  (CA: ' + status['mqtt']['ca_file'] + ')' if status['mqtt'].get('ca_file') else ''}\n"
         f"Kafka     {status['kafka']['bootstrap']}\n"
         f"Postgres  {status['postgres']['dsn']}\n"
         f"Dagster   {status['dagster']['url']}\n"
@@ -60,4 +61,5 @@ def _print_endpoints(status: dict, settings: Settings) -> None:
     print(_describe(status))
     print(f"\nDagster UI:  {settings.dagster_url}")
     print(f"SQL:         {pgpassword} psql \"{settings.pg_dsn(with_password=False)}\"")
+    print("Devices:     iot-platform tenants add acme && iot-platform devices add acme line1 sensor-7")
     print("Stop with:   iot-platform dev down")

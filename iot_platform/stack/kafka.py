@@ -18,12 +18,24 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, wait_until
 from iot_platform.stack.topics import ensure_topics  # re-exported: callers reach topics through the broker
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 HEAP = "-Xmx512m"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """A SASL_SSL listener: TLS with a certificate of our CA (PEM keystore), SCRAM-SHA-512 users
+    created when the storage is formatted (``--add-scram``); the broker talks to itself as ``username``."""
+
+    tls: ServerCertificate
+    username: str
+    password: str
+    mechanism: str = "SCRAM-SHA-512"
 
 
 @dataclass(frozen=True)
@@ -36,20 +48,40 @@ class KafkaConfig:
     default_partitions: int = 6
     retention_ms: int = 259_200_000
     message_max_bytes: int = 1_048_588
+    security: KafkaSecurity | None = None
+
+
+def _security_properties(security: KafkaSecurity) -> dict[str, str]:
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        f' username="{security.username}" password="{security.password}";'
+    )
+    return {
+        "sasl.enabled.mechanisms": security.mechanism,
+        "sasl.mechanism.inter.broker.protocol": security.mechanism,
+        f"listener.name.sasl_ssl.{security.mechanism.lower()}.sasl.jaas.config": jaas,
+        # PEM keystore (key + chain in one file) and truststore: no JKS, no keytool.
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(security.tls.cert.with_suffix(".keystore.pem")),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(security.tls.ca),
+        "ssl.endpoint.identification.algorithm": "https",
+    }
 
 
 def render_server_properties(config: KafkaConfig) -> str:
     """server.properties of a combined broker+controller node (pure)."""
     advertised = config.advertised_port or config.port
+    listener = "SASL_SSL" if config.security else "PLAINTEXT"
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{config.host}:{config.controller_port}",
-        "listeners": f"PLAINTEXT://{config.host}:{config.port},CONTROLLER://{config.host}:{config.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{config.host}:{advertised}",
+        "listeners": f"{listener}://{config.host}:{config.port},CONTROLLER://{config.host}:{config.controller_port}",
+        "advertised.listeners": f"{listener}://{config.host}:{advertised}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": listener,
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
         "log.dirs": str(config.data_dir),
         "num.partitions": str(config.default_partitions),
         "auto.create.topics.enable": "false",
@@ -67,6 +99,8 @@ def render_server_properties(config: KafkaConfig) -> str:
         "num.network.threads": "2",
         "num.io.threads": "4",
     }
+    if config.security is not None:
+        props |= _security_properties(config.security)
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
@@ -98,10 +132,13 @@ def kafka_classpath(cache_dir: Path | None = None) -> str:
 class KafkaServer:
     """Kafka on ``127.0.0.1:port`` (controller on ``controller_port``), data and logs under ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None, security: KafkaSecurity | None = None
+    ) -> None:
         self.workdir = Path(workdir)
         self.config = KafkaConfig(
-            port=port, controller_port=controller_port, data_dir=self.workdir / "data", advertised_port=advertised_port
+            port=port, controller_port=controller_port, data_dir=self.workdir / "data", advertised_port=advertised_port,
+            security=security,
         )
         self.pid: int | None = None
 
@@ -116,6 +153,17 @@ class KafkaServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / "logs" / "server.log"
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties of a client with the broker's own (admin) credentials."""
+        config = {"bootstrap.servers": self.bootstrap}
+        security = self.config.security
+        if security is not None:
+            config |= {
+                "security.protocol": "SASL_SSL", "sasl.mechanism": security.mechanism, "sasl.username": security.username,
+                "sasl.password": security.password, "ssl.ca.location": str(security.tls.ca),
+            }
+        return config
 
     def _java(self, main_class: str, *args: str) -> list[str]:
         java = require_binary("java", "install a JDK 17+ (sudo apt-get install openjdk-17-jre-headless)")
@@ -136,8 +184,12 @@ class KafkaServer:
     def _format_once(self, properties: Path) -> None:
         if (self.config.data_dir / "meta.properties").exists():
             return
+        security = self.config.security
+        scram = (
+            ["--add-scram", f"{security.mechanism}=[name={security.username},password={security.password}]"] if security else []
+        )
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "--config", str(properties)),
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "--config", str(properties), *scram),
             capture_output=True,
             text=True,
             timeout=120,
@@ -152,12 +204,18 @@ class KafkaServer:
         ensure_port_free(self.config.host, self.config.controller_port, "IOT_KAFKA_CONTROLLER_PORT")
         self.workdir.mkdir(parents=True, exist_ok=True)
         properties = self.workdir / "server.properties"
+        if self.config.security is not None:
+            tls = self.config.security.tls
+            keystore = tls.cert.with_suffix(".keystore.pem")
+            keystore.write_bytes(tls.key.read_bytes() + tls.cert.read_bytes())
+            os.chmod(keystore, 0o600)
         properties.write_text(render_server_properties(self.config))
+        os.chmod(properties, 0o600)  # holds the broker's SCRAM password when secured
         self._format_once(properties)
         process = spawn(self._java("kafka.Kafka", str(properties)), self.workdir / "kafka.stdout.log")
         self.pid = process.pid
         wait_until(
-            lambda: broker_ready(self.bootstrap),
+            lambda: broker_ready(self.client_config()),
             timeout_s=timeout_s,
             what="kafka",
             alive=lambda: process.poll() is None,
@@ -196,13 +254,12 @@ _QUIET = logging.getLogger("iot_platform.stack.kafka.readiness")
 _QUIET.setLevel(logging.CRITICAL)
 
 
-def broker_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """The broker answers metadata requests and has a controller."""
+def broker_ready(client_config: dict[str, str] | str, timeout_s: float = 3.0) -> bool:
+    """The broker answers metadata requests and has a controller (``client_config``: a bootstrap or librdkafka properties)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000)}, logger=_QUIET
-    )
+    config = {"bootstrap.servers": client_config} if isinstance(client_config, str) else dict(client_config)
+    admin = AdminClient({**config, "socket.timeout.ms": int(timeout_s * 1000)}, logger=_QUIET)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
         return bool(metadata.brokers) and metadata.controller_id >= 0
@@ -213,4 +270,4 @@ def broker_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
 def java_available() -> bool:
     return shutil.which("java") is not None
 
-__all__ = ["KafkaConfig", "KafkaServer", "broker_ready", "ensure_topics", "kafka_classpath", "render_server_properties"]
+__all__ = ["KafkaConfig", "KafkaSecurity", "KafkaServer", "broker_ready", "ensure_topics", "kafka_classpath", "render_server_properties"]

@@ -20,10 +20,13 @@ from iot_platform.observability.pidfile import read_live_pid
 from iot_platform.settings import Settings
 from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
+from iot_platform.access.connection import admin_credentials
+from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
 from iot_platform.stack.mosquitto import MosquittoServer
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, wait_until
+from iot_platform.stack.secrets import with_platform_secrets
 
 log = logging.getLogger(__name__)
 SERVICES = ("bridge", "consumer")
@@ -51,16 +54,35 @@ class PlatformState:
 
 
 class LocalPlatform:
+    """The local platform. Secured like production: broker credentials (generated once into
+    IOT_HOME/secrets/) on every listener, MQTT over TLS with a private CA (IOT_HOME/tls/), the plain
+    listener on loopback only; devices are registered with `iot-platform devices add`."""
+
     def __init__(self, settings: Settings, progress: Callable[[str], None] | None = None) -> None:
+        settings = with_platform_secrets(settings)
+        tls = server_certificate(settings.home / "tls", "mosquitto", (settings.mqtt_host,)) if settings.mqtt_tls else None
+        if tls is not None and settings.mqtt_ca_file is None:
+            settings = settings.model_copy(update={"mqtt_ca_file": tls.ca})
+        pg_tls = server_certificate(settings.home / "tls", "postgres", (settings.pg_host,))
+        if "pg_sslmode" not in settings.model_fields_set and settings.pg_sslrootcert is None:
+            # Our own server, our own CA: verify it fully unless told otherwise.
+            settings = settings.model_copy(update={"pg_sslmode": "verify-full", "pg_sslrootcert": pg_tls.ca})
         self.settings = settings
         self.home = settings.home
         self.logs = self.home / "logs"
         self.state = PlatformState.load(self.home)
         self.progress = progress or (lambda line: None)
         kafka_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
-        self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host)
+        self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host, tls=pg_tls)
         self.kafka = KafkaServer(self.home / "kafka", kafka_port, settings.kafka_controller_port)
-        self.mosquitto = MosquittoServer(self.home / "mosquitto", settings.mqtt_port, host=settings.mqtt_host)
+        self.mosquitto = MosquittoServer(
+            self.home / "mosquitto",
+            (settings.mqtt_plain_port or None) if settings.mqtt_tls else settings.mqtt_port,
+            host=settings.mqtt_host,
+            admin=admin_credentials(settings),
+            tls_port=settings.mqtt_port if tls else None,
+            tls=tls,
+        )
 
     # -- up ---------------------------------------------------------------------------------------
     def up(self, demo: bool) -> None:
@@ -70,6 +92,7 @@ class LocalPlatform:
             self._step("kafka", started, self._start_kafka)
             self._step("mosquitto", started, self._start_mosquitto)
             self._apply_migrations()
+            self._sync_broker_access()
             self._step("dagster_webserver", started, self._start_webserver)
             self._step("dagster_daemon", started, self._start_daemon, checked=False)  # proven by the services
             self._wait_for_services()
@@ -114,6 +137,12 @@ class LocalPlatform:
         applied = apply_migrations(self.settings)
         self.progress(f"postgres: schema up to date ({len(applied)} migration(s) applied now)")
 
+    def _sync_broker_access(self) -> None:
+        from iot_platform.access.sync import sync_broker_access
+
+        report = sync_broker_access(self.settings)
+        self.progress(f"mosquitto: access matches the registry ({report.commands} change(s) made now)")
+
     def _start_webserver(self) -> int:
         return dagster_processes.start_webserver(self.settings, self.logs)
 
@@ -144,7 +173,9 @@ class LocalPlatform:
         for name in SERVICES:
             pids[name] = read_live_pid(self.home, name)
         return {
-            "mqtt": {"host": self.settings.mqtt_host, "port": self.settings.mqtt_port},
+            "mqtt": {"host": self.settings.mqtt_host, "port": self.settings.mqtt_port, "url": self.settings.mqtt_url,
+                     "ca_file": str(self.settings.mqtt_ca_file) if self.settings.mqtt_ca_file else None,
+                     "plain_port": self.settings.mqtt_plain_port or None},
             "kafka": {"bootstrap": self.settings.kafka_bootstrap, "topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic]},
             "postgres": {"dsn": self.settings.pg_dsn(with_password=False)},
             "dagster": {"url": self.settings.dagster_url},

@@ -1,6 +1,7 @@
 """A private PostgreSQL cluster from the machine's server binaries (initdb + pg_ctl).
 
-The cluster listens on loopback only, with password (SCRAM) authentication, ``fsync`` on: the
+The cluster listens on loopback only, with password (SCRAM) authentication and, given a server
+certificate of the platform's CA, TLS (``ssl=on``; clients choose with ``IOT_PG_SSLMODE``), ``fsync`` on: the
 consumer's exactly-once effect relies on a commit being durable. As root, the server runs as the
 ``postgres`` account (PostgreSQL refuses root), so its directory lives where that account can
 reach it.
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import RunAs, StackError, pid_alive, wait_until
 
@@ -61,10 +63,11 @@ class PostgresServer:
     temporary directory and linked from ``workdir``.
     """
 
-    def __init__(self, workdir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, workdir: Path, port: int, host: str = "127.0.0.1", *, tls: ServerCertificate | None = None) -> None:
         self.workdir = Path(workdir)
         self.host = host
         self.port = port
+        self.tls = tls
         self.run_as = RunAs.for_server("postgres")
         self.data_dir = self._data_dir()
         self.log_path = self.data_dir.parent / "postgres.log"
@@ -126,12 +129,19 @@ class PostgresServer:
             return self
         ensure_port_free(self.host, self.port, "IOT_PG_PORT")
         self._initdb_once()
+        options = f"-p {self.port}"
+        if self.tls is not None:
+            # The server reads its key as its own account and refuses a key others can read.
+            for source, name in ((self.tls.cert, "server.crt"), (self.tls.key, "server.key")):
+                shutil.copyfile(source, self.data_dir / name)
+                os.chmod(self.data_dir / name, 0o600)
+            options += " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
         if self.run_as:
             self.run_as.chown_tree(self.data_dir.parent)
         # The port may change between runs of the same cluster (tests): pass it explicitly.
         result = self._run(
             [server_binary("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w",
-             "-t", str(int(timeout_s)), "-o", f"-p {self.port}", "start"],
+             "-t", str(int(timeout_s)), "-o", options, "start"],
             timeout_s=timeout_s + 10,
         )
         if result.returncode != 0:

@@ -50,7 +50,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics, fix drifted configs and partition counts; returns what was changed."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 10_000})
+    admin = AdminClient({**settings.kafka_config(), "socket.timeout.ms": 10_000})
     existing = admin.list_topics(timeout=TIMEOUT_S).topics
     changes: list[str] = []
     specs = topic_specs(settings)

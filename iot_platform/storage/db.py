@@ -34,7 +34,8 @@ _NOT_READY_SQLSTATES = ("42P01", "3F000")
 
 
 def connect(settings: Settings, database: str | None = None, *, autocommit: bool = False) -> psycopg2.extensions.connection:
-    """A new connection to ``database`` (default ``settings.pg_database``) with timeouts set.
+    """A new connection to ``database`` (default ``settings.pg_database``) with timeouts set and
+    TLS as ``IOT_PG_SSLMODE`` / ``IOT_PG_SSLROOTCERT`` ask (verify-full checks the CA and host name).
 
     ``statement_timeout`` comes from settings; keepalives detect a server that vanished without
     closing the socket (a stopped VM, a cut network) within about 30 s instead of hours.
@@ -48,6 +49,8 @@ def connect(settings: Settings, database: str | None = None, *, autocommit: bool
         connect_timeout=settings.pg_connect_timeout_s,
         options=f"-c statement_timeout={int(settings.pg_statement_timeout_ms)}",
         application_name="iot-platform",
+        sslmode=settings.pg_sslmode,
+        **({"sslrootcert": str(settings.pg_sslrootcert)} if settings.pg_sslrootcert else {}),
         keepalives=1,
         keepalives_idle=10,
         keepalives_interval=5,

@@ -1,4 +1,4 @@
-"""`tenants sync`: one read-only login role per tenant seen in the data, plus analyst and ingest logins.
+"""`tenants sync`: one read-only login role per registered tenant, plus analyst and ingest logins.
 
 Guarantee: idempotent. One transaction (serialised by an advisory lock) creates what is missing:
 a LOGIN role per tenant (member of ``iot_tenant_reader`` only, mapped to its tenant in
@@ -8,7 +8,10 @@ a LOGIN role per tenant (member of ``iot_tenant_reader`` only, mapped to its ten
 no tenant privilege exists on any partition or unexpected relation of schema ``iot``. An existing
 role is adopted only when it holds no dangerous attribute or membership; otherwise the sync fails
 and changes nothing. Roles are never dropped: a tenant that stops sending keeps read access to its
-history. When Grafana is configured and the key is set, each tenant then gets its organisation and
+history, and a tenant that exists only in old data (before the registry) keeps the role it had, but
+no new role is made for a tenant that is not in ``iot.tenants``: the registry, not what devices
+happened to publish, says who is a tenant. A disabled tenant keeps its role (disabling stops its
+devices, not its access to its own history). When Grafana is configured and the key is set, each tenant then gets its organisation and
 data source (:func:`iot_platform.dashboards.provision.push_tenant_org`).
 """
 
@@ -37,22 +40,17 @@ class TenantSyncError(RuntimeError):
 
 @dataclass(frozen=True)
 class TenantSyncResult:
-    tenants: tuple[str, ...]  # tenants seen in the data, sorted
-    roles: tuple[tuple[str, str], ...]  # (tenant id, role name) for every tenant seen
+    tenants: tuple[str, ...]  # registered tenants, sorted
+    roles: tuple[tuple[str, str], ...]  # (tenant id, role name) for every registered tenant
     roles_created: tuple[str, ...]  # login roles created by this run (tenant, analyst, ingest)
     passwords_set: bool  # False when IOT_TENANT_PASSWORD_KEY is unset
     privileges_revoked: tuple[str, ...]  # relations on which a stray tenant privilege was removed
     grafana_orgs: tuple[str, ...] = ()  # tenants whose Grafana organisation was provisioned
 
 
-def tenants_in_data(cur: psycopg2.extensions.cursor) -> list[str]:
-    """Tenants of the rollups, plus those with raw messages newer than the newest rolled-up hour."""
-    cur.execute(
-        "SELECT tenant_id FROM iot.rollup_hourly"
-        " UNION SELECT tenant_id FROM iot.messages"
-        " WHERE received_at >= (SELECT coalesce(max(hour), '-infinity') FROM iot.rollup_hourly)"
-        " ORDER BY 1"
-    )
+def registered_tenants(cur: psycopg2.extensions.cursor) -> list[str]:
+    """Every tenant of the registry (enabled or disabled)."""
+    cur.execute("SELECT tenant_id FROM iot.tenants ORDER BY 1")
     return [row[0] for row in cur.fetchall()]
 
 
@@ -127,15 +125,15 @@ def sync_database_roles(conn: psycopg2.extensions.connection, settings: Settings
         return derive_password(key, role) if key is not None else None
 
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('iot.tenant_roles') IS NOT NULL")
+        cur.execute("SELECT to_regclass('iot.tenant_roles') IS NOT NULL AND to_regclass('iot.tenants') IS NOT NULL")
         if not cur.fetchone()[0]:
-            raise TenantSyncError("iot.tenant_roles is missing: run `iot-platform migrate` first")
+            raise TenantSyncError("iot.tenant_roles or iot.tenants is missing: run `iot-platform migrate` first")
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (SYNC_LOCK_KEY,))
         created = []
         for role, group in ((settings.analyst_role, ANALYST_GROUP), (settings.ingest_role, INGEST_GROUP)):
             if _ensure_login(cur, role, group, password(role), tenant=False):
                 created.append(role)
-        tenants = tenants_in_data(cur)
+        tenants = registered_tenants(cur)
         roles = []
         for tenant_id in tenants:
             role = role_name_for(tenant_id, settings.tenant_role_prefix)

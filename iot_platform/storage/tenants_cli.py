@@ -1,7 +1,7 @@
 """`iot-platform tenants sync | password`: tenant login roles and their credentials.
 
-``sync`` creates a read-only login role for every tenant seen in the data (plus the analyst and
-ingest logins) and, when Grafana is configured, their organisations; ``password`` prints the
+Wired into `iot-platform tenants` by :mod:`iot_platform.access.tenants_cli`. ``sync`` creates a
+read-only login role for every tenant of the registry (plus the analyst and ingest logins) and, when Grafana is configured, their organisations; ``password`` prints the
 derived password of one role so an operator can hand it to a tenant or set it in Grafana.
 """
 
@@ -16,8 +16,10 @@ from iot_platform.settings import Settings
 from iot_platform.storage.tenant_identity import derive_password, role_name_for
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+ACTIONS = ("sync", "password")
+
+
+def add_actions(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     sync = sub.add_parser("sync", help="Create/update the tenant, analyst and ingest login roles (idempotent).")
     sync.add_argument("--json", action="store_true", help="Print the result as JSON.")
     password = sub.add_parser("password", help="Print the derived login role and password of a tenant (or analyst/ingest).")

@@ -1,7 +1,8 @@
 """Machinery of the fault tests and the end-to-end benchmark: private servers, service processes,
 a background publisher, and the wait-then-verify step that every invariant is checked with.
 
-Private servers live in a temporary directory and can sit behind :class:`TcpProxy` instances (Kafka
+Private servers are secured like the platform's (Mosquitto: credentials on every listener, TLS with
+a private CA; each ``settings()`` provisions its own bridge and test publisher). They live in a temporary directory and can sit behind :class:`TcpProxy` instances (Kafka
 then advertises the proxy's port, so every client's traffic crosses it). The bridge and the consumer
 run as real ``iot-platform`` subprocesses in sessions of their own, so a SIGKILL hits exactly them.
 """
@@ -31,7 +32,9 @@ from iot_platform.stack.ports import free_port
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.storage.migrate import apply_migrations
 from iot_platform_tests.faults.proxy import TcpProxy
-from iot_platform_tests.helpers import service_env, wait_for
+from iot_platform.stack.certs import server_certificate
+from iot_platform.stack.mosquitto import new_admin
+from iot_platform_tests.helpers import provision_mqtt_access, publisher_for, service_env, wait_for
 
 
 @dataclass
@@ -48,7 +51,10 @@ class PrivateStack:
     pg_tcp: TcpProxy | None = field(init=False, default=None)
 
     def start(self) -> "PrivateStack":
-        self.mosquitto = MosquittoServer(self.root / "mosquitto", free_port())
+        self.mosquitto = MosquittoServer(
+            self.root / "mosquitto", free_port(), admin=new_admin(), tls_port=free_port(),
+            tls=server_certificate(self.root / "tls", "mosquitto"),
+        )
         proxy_port = free_port() if self.kafka_proxy else None
         self.kafka = KafkaServer(self.root / "kafka", free_port(), free_port(), advertised_port=proxy_port)
         self.postgres = PostgresServer(self.root / "postgres", free_port())
@@ -84,6 +90,9 @@ class PrivateStack:
         settings = Settings(
             home=home,
             mqtt_url=self.mosquitto.url,
+            mqtt_ca_file=self.mosquitto.ca_file,
+            mqtt_admin_username=self.mosquitto.admin.username,
+            mqtt_admin_password=self.mosquitto.admin.password,
             kafka_bootstrap=f"127.0.0.1:{kafka_port}",
             pg_host="127.0.0.1",
             pg_port=self.pg_tcp.port if self.pg_tcp else self.postgres.port,
@@ -98,6 +107,7 @@ class PrivateStack:
             mqtt_topic_grammar=f"t{tag}/mtic/msg/client/realtime/{{tenant_id}}/{{project_id}}[/...]",
             pg_database=f"iot_fault_{tag}",
         )
+        settings = provision_mqtt_access(settings)
         ensure_topics(settings)
         ensure_platform_role_and_databases(self.postgres.admin_dsn, settings, settings.pg_database)
         apply_migrations(settings)
@@ -201,7 +211,7 @@ class Publisher(threading.Thread):
     def run(self) -> None:
         try:
             self.result = simulate(
-                self.settings, self.spec, rate=self.rate, count=self.count,
+                self.settings, self.spec, credentials_for=publisher_for(self.settings), rate=self.rate, count=self.count,
                 max_outstanding=5_000, drain_timeout_s=self.drain_timeout_s, stop=self.stop_event,
             )
         except BaseException as exc:  # noqa: BLE001 - surfaced by finish()
@@ -227,7 +237,7 @@ def wait_pipeline_ready(settings: Settings, timeout_s: float, services: tuple[Se
         for service in services:
             if not service.alive():
                 raise AssertionError(f"{service.name} exited early:\n{service.log_tail()}")
-        simulate(settings, spec, rate=None, count=1, drain_timeout_s=5)
+        simulate(settings, spec, credentials_for=publisher_for(settings), rate=None, count=1, drain_timeout_s=5)
         if stored_count(settings, spec.run_id):
             return
         time.sleep(1.0)

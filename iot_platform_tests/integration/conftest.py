@@ -26,7 +26,8 @@ def dev_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOT_", "DAGSTER_"))}
     env.update(
         IOT_HOME=str(home),
-        IOT_MQTT_URL=f"mqtt://127.0.0.1:{free_port()}",
+        IOT_MQTT_URL=f"mqtts://127.0.0.1:{free_port()}",
+        IOT_MQTT_PLAIN_PORT=str(free_port()),
         IOT_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
         IOT_KAFKA_CONTROLLER_PORT=str(free_port()),
         IOT_PG_PORT=str(free_port()),

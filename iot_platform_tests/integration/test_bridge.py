@@ -21,11 +21,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from iot_platform.access.connection import configure
 from iot_platform.core.envelope import decode_dead_letter, decode_envelope
 from iot_platform.settings import Settings
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
 from iot_platform.stack.ports import free_port
-from iot_platform_tests.helpers import mqtt_topic, service_env, wait_for
+from iot_platform_tests.helpers import mqtt_topic, publisher_credentials, service_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +102,7 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+        configure(self.client, settings, publisher_credentials(settings))
         self.client.max_inflight_messages_set(500)
         self.client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30)
         self.client.loop_start()

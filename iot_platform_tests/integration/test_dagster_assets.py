@@ -285,13 +285,14 @@ def test_observer_reports_unreachable_kafka_as_evidence(schema: Settings) -> Non
 
 
 def test_serving_assets_create_tenant_roles_and_dashboard_files(schema: Settings) -> None:
-    """tenant_roles maps each tenant seen in the data to a role; grafana_dashboards writes the provisioning tree."""
+    """tenant_roles maps each registered tenant to a role; grafana_dashboards writes the provisioning tree."""
     from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 
     settings = schema
     conn = connect(settings)
     with conn, conn.cursor() as cur:
         insert_message(cur, datetime.now(UTC), partition=0, offset=0, tenant="acme", payload={"t": 1})
+        cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('acme')")
     conn.close()
     result = materialize(settings, [tenant_roles, grafana_dashboards])
     assert result.success

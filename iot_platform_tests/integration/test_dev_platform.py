@@ -28,13 +28,28 @@ query { runsOrError(filter: {statuses: [STARTED]}) { ... on Runs { results { run
 """
 
 
+def _register(env: dict[str, str], tenant: str, project: str) -> dict[str, str]:
+    """A device of ``tenant``/``project``, registered as a user would (`devices add --json`)."""
+    run_cli(env, "tenants", "add", tenant)  # may exist already (another test): then it says so and exits 1
+    added = run_cli(env, "devices", "add", tenant, project, f"d{uuid.uuid4().hex[:8]}", "--json")
+    assert added.returncode == 0, added.stderr
+    return json.loads(added.stdout)
+
+
 def _publish(env: dict[str, str], topic: str, payload: bytes) -> None:
-    host, port = env["IOT_MQTT_URL"].removeprefix("mqtt://").split(":")
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+    """Publish as a registered device of the topic's tenant and project, over TLS (what `devices add` printed)."""
+    tenant, project = topic.split("/")[4:6]
+    device = _register(env, tenant, project)
+    host, port = device["mqtt_url"].removeprefix("mqtts://").split(":")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device["client_id"], protocol=mqtt.MQTTv5)
+    client.username_pw_set(device["username"], device["password"])
+    client.tls_set(ca_certs=device["ca_file"])
     client.connect(host, int(port))
     client.loop_start()
     try:
-        client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
     finally:
         client.loop_stop()
         client.disconnect()
@@ -107,3 +122,28 @@ def test_killed_bridge_is_back_within_a_minute_and_data_flows_again(dev_platform
     _publish(env, "mtic/msg/client/realtime/tenantA/projectB/telemetry", payload)
     wait_for(lambda: _stored(env, payload), 60, "a message after the restart reaching iot.messages")
     assert new != old
+
+
+def test_simulator_run_by_hand_finds_the_platform_credentials_and_publishes_as_gateways(dev_platform: dict) -> None:
+    """As after `make run`: `iot-platform simulate` with only IOT_HOME and ports set finds the admin
+    credentials and the CA in IOT_HOME, registers one gateway device per project (again on a re-run,
+    by rotation), publishes over TLS, and the messages are stored."""
+    env = dev_platform["env"]
+    for _ in range(2):
+        run = run_cli(env, "simulate", "--tenants", "1", "--projects", "2", "--devices", "2", "--count", "40",
+                      "--rate", "0", "--quiet", "--tenant-prefix", "demo")
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout)["acked"] == {"good": 40}
+    listed = json.loads(run_cli(env, "devices", "list", "--tenant", "demo00", "--json").stdout)
+    assert [(d["project"], d["device"], d["status"]) for d in listed] == [
+        ("project00", "sim-gateway", "enabled"), ("project01", "sim-gateway", "enabled")]
+
+    def stored() -> bool:
+        dsn = f"postgresql://iot:iot@127.0.0.1:{env['IOT_PG_PORT']}/iot?connect_timeout=5"
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM iot.messages WHERE tenant_id = 'demo00'")
+            found = cur.fetchone()[0] >= 80
+        conn.close()
+        return found
+
+    wait_for(stored, 60, "the simulated messages reaching iot.messages")

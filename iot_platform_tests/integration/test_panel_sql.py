@@ -31,6 +31,8 @@ RANGE = dict(start=H0 - timedelta(hours=1), end=NOW + timedelta(hours=1), interv
 
 
 def _write_fixture_rows(conn: Any) -> None:
+    with conn.cursor() as cur:  # the registry says who is a tenant (tenants sync)
+        cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('acme'), ('beta')")
     messages = [("acme", "p1", H0 + timedelta(minutes=1), 0, 1, b"0123456789"),
                 ("acme", "p1", H0 + timedelta(minutes=2), 0, 2, b"0123456789"),
                 ("acme", "p1", H1 + timedelta(minutes=1), 0, 3, b"0123456789"),

@@ -24,14 +24,15 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_verify_reports_zero_gaps_after_simulate_and_flags_a_deleted_row(settings: Settings, tmp_path: Path) -> None:
-    """After `simulate --count 3000 --bad-fraction 0.01 --summary F`, `verify --expect F --wait 60` exits 0
+    """After `simulate --count 3000 --bad-fraction 0.01 --summary F` (through registered gateway devices), `verify --expect F --wait 60` exits 0
     with no loss, no duplicates and the dead letters equal to the bad messages; once one stored row is
     deleted, verify exits 1 and names that device's missing seq."""
     apply_migrations(settings)
     summary = tmp_path / "summary.json"
     with pipeline(settings, tmp_path / "logs"):
         published = _cli(settings, "simulate", "--tenants", "2", "--projects", "2", "--devices", "5", "--rate", "0",
-                         "--count", "3000", "--bad-fraction", "0.01", "--summary", str(summary), "--quiet")
+                         "--count", "3000", "--bad-fraction", "0.01", "--summary", str(summary), "--quiet",
+                         "--tenant-prefix", f"s{settings.mqtt_client_id[-10:]}")
         assert published.returncode == 0, published.stderr[-2000:]
         checked = _cli(settings, "verify", "--expect", str(summary), "--wait", "60", "--json")
     report = json.loads(checked.stdout)

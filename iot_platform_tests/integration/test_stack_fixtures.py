@@ -6,6 +6,7 @@ import psycopg2
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from iot_platform.access.connection import admin_credentials
 from iot_platform.settings import Settings
 from iot_platform.stack.mosquitto import round_trip
 from iot_platform_tests.helpers import mqtt_topic
@@ -28,6 +29,7 @@ def test_settings_fixture_gives_topics_database_and_broker(settings: Settings) -
         assert cur.fetchone() == (settings.pg_database, "iot", False)
     conn.close()
 
-    assert round_trip(settings.mqtt_host, settings.mqtt_port)
+    assert settings.mqtt_tls and settings.mqtt_ca_file is not None
+    assert round_trip(settings.mqtt_host, settings.mqtt_port, admin_credentials(settings), settings.mqtt_ca_file)
     assert mqtt_topic(settings, "a", "b", "x").endswith("/mtic/msg/client/realtime/a/b/x")
     assert mqtt_topic(settings, "a", "b").startswith(settings.mqtt_topic_filter[:-1])

@@ -51,6 +51,7 @@ class World:
 
 def _write_rows(conn: Any, tenant: str, offset: int) -> None:
     with conn.cursor() as cur:
+        cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES (%s) ON CONFLICT DO NOTHING", (tenant,))
         cur.execute("INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, message_id, received_at,"
                     " kafka_partition, kafka_offset) VALUES (%s, 'p', 't', 'x', %s, %s, 0, %s)",
                     (tenant, f"m{offset}", NOW - timedelta(minutes=5), offset))
@@ -230,16 +231,20 @@ def test_platform_analyst_and_ingest_roles_keep_working(world: World) -> None:
 
 
 def test_sync_is_idempotent_and_refuses_dangerous_roles(world: World) -> None:
-    """A second sync creates nothing; a pre-existing role with CREATEROLE is never adopted as a tenant role."""
+    """A second sync creates nothing (a tenant seen only in the data is not in the registry: no role);
+    a pre-existing role with CREATEROLE is never adopted as a tenant role."""
+    _write_rows_unregistered = "INSERT INTO iot.rollup_hourly (hour, tenant_id, project_id, message_count, payload_bytes, distinct_devices) VALUES (%s, 'yy', 'p', 1, 1, 1)"
+    with connect(world.settings, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(_write_rows_unregistered, (HOUR,))
     again = sync_tenants(world.settings)
     assert again.roles_created == () and dict(again.roles)[world.tenant_a] == world.role_a
+    assert "yy" not in dict(again.roles)
     intruder = f"{world.settings.tenant_role_prefix}zz"
     owner = connect(world.settings, autocommit=True)
     try:
         with owner.cursor() as cur:
             cur.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(intruder)))
-            cur.execute("INSERT INTO iot.rollup_hourly (hour, tenant_id, project_id, message_count, payload_bytes,"
-                        " distinct_devices) VALUES (%s, 'zz', 'p', 1, 1, 1)", (HOUR,))
+            cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('zz')")
         with pytest.raises(TenantSyncError):
             sync_tenants(world.settings)
         with owner.cursor() as cur:

@@ -60,3 +60,53 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str,
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_platform_secrets_and_ca_come_from_iot_home_when_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dev up` writes IOT_HOME/secrets/*; a command run by hand reads them; the environment wins."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "mqtt-admin-password").write_text("admin-pw\n")
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "ca.pem").write_text("-")
+    monkeypatch.setenv("IOT_HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.mqtt_admin_password is not None and settings.mqtt_admin_password.get_secret_value() == "admin-pw"
+    assert settings.mqtt_password is None and settings.mqtt_ca_file == tmp_path / "tls" / "ca.pem"
+    monkeypatch.setenv("IOT_MQTT_ADMIN_PASSWORD", "from-env")
+    assert Settings().mqtt_admin_password.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("url", ["tcp://broker:1883", "ws://broker", "broker:1883", "http://x"])
+def test_mqtt_url_must_be_mqtt_or_mqtts(url: str) -> None:
+    with pytest.raises(ValidationError, match="mqtt:// or mqtts://"):
+        Settings(mqtt_url=url)
+
+
+def test_mqtt_default_ports_follow_the_scheme() -> None:
+    assert (Settings(mqtt_url="mqtts://h").mqtt_port, Settings(mqtt_url="mqtt://h").mqtt_port) == (8883, 1883)
+    assert Settings().mqtt_tls  # the default is TLS
+
+
+def test_kafka_config_carries_the_security_settings() -> None:
+    plain = Settings(kafka_bootstrap="k:9092").kafka_config()
+    assert plain == {"bootstrap.servers": "k:9092", "security.protocol": "PLAINTEXT"}
+    secure = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="p",
+                      kafka_ssl_ca_file=Path("/ca.pem")).kafka_config()
+    assert secure["sasl.mechanism"] == "SCRAM-SHA-512" and secure["sasl.username"] == "u" and secure["sasl.password"] == "p"
+    assert secure["ssl.ca.location"] == "/ca.pem" and secure["ssl.endpoint.identification.algorithm"] == "https"
+
+
+@pytest.mark.parametrize(("pg", "grafana"), [("prefer", "require"), ("allow", "disable"), ("verify-full", "verify-full"), ("disable", "disable")])
+def test_grafana_sslmode_follows_pg_sslmode(pg: str, grafana: str) -> None:
+    assert Settings(pg_sslmode=pg).grafana_sslmode == grafana
+    assert f"sslmode={pg}" in Settings(pg_sslmode=pg).pg_dsn()
+
+
+def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command refuses a bad IOT_* variable at start-up: exit 2, one line naming the variable, no traceback."""
+    from iot_platform.cli import main
+
+    monkeypatch.setenv("IOT_MQTT_URL", "tcp://broker:1883")
+    assert main(["devices", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("invalid setting IOT_MQTT_URL:") and "mqtts://" in err[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.kafka import KafkaConfig, render_server_properties
 from iot_platform.stack.mosquitto import MosquittoConfig, render_config
 from iot_platform.stack.ports import ensure_port_free, free_port
@@ -24,7 +25,7 @@ def _mosquitto_options(text: str) -> dict[str, list[str]]:
 
 def test_mosquitto_config_keeps_every_message(tmp_path: Path) -> None:
     """Large queues (not 0, broken in 2.0.x), wide inflight, persistence saved on changes."""
-    options = _mosquitto_options(render_config(MosquittoConfig(port=1883, data_dir=tmp_path, log_path=tmp_path / "l")))
+    options = _mosquitto_options(render_config(MosquittoConfig(plain_port=1883, data_dir=tmp_path, log_path=tmp_path / "l", dynsec_plugin=tmp_path / "d.so")))
     assert options["listener"] == ["1883 127.0.0.1"]
     assert options["persistence"] == ["true"]
     assert options["autosave_on_changes"] == ["true"]
@@ -38,8 +39,21 @@ def test_mosquitto_config_keeps_every_message(tmp_path: Path) -> None:
 
 
 def test_mosquitto_config_can_keep_the_current_user(tmp_path: Path) -> None:
-    config = MosquittoConfig(port=1, data_dir=tmp_path, log_path=tmp_path / "l", run_as_user="root")
+    config = MosquittoConfig(plain_port=1, data_dir=tmp_path, log_path=tmp_path / "l", dynsec_plugin=tmp_path / "d.so", run_as_user="root")
     assert _mosquitto_options(render_config(config))["user"] == ["root"]
+
+
+def test_mosquitto_config_authenticates_every_listener(tmp_path: Path) -> None:
+    """No anonymous client on any listener; dynsec loaded; plain MQTT on loopback only; TLS with our certificate."""
+    tls = ServerCertificate(cert=tmp_path / "m.pem", key=tmp_path / "m.key", ca=tmp_path / "ca.pem")
+    config = MosquittoConfig(plain_port=1883, tls_port=8883, tls=tls, host="0.0.0.0", data_dir=tmp_path,
+                             log_path=tmp_path / "l", dynsec_plugin=tmp_path / "d.so")
+    options = _mosquitto_options(render_config(config))
+    assert options["allow_anonymous"] == ["false"] and options["per_listener_settings"] == ["false"]
+    assert options["listener"] == ["1883 127.0.0.1", "8883 0.0.0.0"]
+    assert options["plugin"] == [str(tmp_path / "d.so")]
+    assert options["plugin_opt_config_file"] == [str(tmp_path / "dynamic-security.json")]
+    assert (options["certfile"], options["keyfile"], options["cafile"]) == ([str(tls.cert)], [str(tls.key)], [str(tls.ca)])
 
 
 def test_kafka_properties_single_node_kraft(tmp_path: Path) -> None:

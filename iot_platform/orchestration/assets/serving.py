@@ -9,9 +9,9 @@ from iot_platform.storage.tenants import sync_tenants
 SERVING_GROUP = "serving"
 
 
-@dg.asset(group_name=SERVING_GROUP, deps=["iot_schema", "iot_messages", "iot_rollup_hourly"], kinds={"postgres"})
+@dg.asset(group_name=SERVING_GROUP, deps=["iot_schema", "device_registry", "iot_messages", "iot_rollup_hourly"], kinds={"postgres"})
 def tenant_roles(platform: PlatformSettings) -> dg.MaterializeResult:
-    """One read-only login role per tenant seen in the data (row-level security), idempotent."""
+    """One read-only login role per registered tenant (row-level security), idempotent."""
     result = sync_tenants(platform.get())
     return dg.MaterializeResult(
         metadata={

@@ -12,7 +12,8 @@ INGEST_GROUP = "ingest"
 
 mqtt_telemetry = dg.AssetSpec(
     "mqtt_telemetry",
-    description="Device telemetry published to Mosquitto under the topic grammar (QoS 1).",
+    deps=["broker_access"],
+    description="Device telemetry published to Mosquitto under the topic grammar (QoS 1), by authenticated devices within their ACLs.",
     group_name=INGEST_GROUP,
     kinds={"mqtt"},
 )
