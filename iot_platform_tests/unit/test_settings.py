@@ -11,7 +11,7 @@ from iot_platform.settings import Settings
 
 
 def test_defaults_match_the_public_interface() -> None:
-    """Defaults are those DESIGN.md §3 names: topics, grammar, 72 h retention."""
+    """Defaults are the public names of docs/design.md §3.2: topics, grammar, 72 h retention."""
     settings = Settings()
     assert settings.kafka_topic == "iot-messages"
     assert settings.kafka_dlq_topic == "iot-messages-dlq"
@@ -56,7 +56,7 @@ def test_as_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     [("IOT_MQTT_QOS", "2"), ("IOT_KAFKA_KEY_MODE", "device"), ("IOT_RETENTION_HOURS", "0"), ("IOT_KAFKA_COMPRESSION", "brotli")],
 )
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
-    """QoS 2 is refused (DESIGN.md §2), as are unknown modes and non-positive windows."""
+    """QoS 2 is refused (docs/design.md §2.1), as are unknown modes and non-positive windows."""
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
