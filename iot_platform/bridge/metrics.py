@@ -56,8 +56,8 @@ class LatencyHistogram:
 
 @dataclass
 class BridgeStats:
-    """Counters of one bridge process. Writers: ``received``/``last_received_monotonic`` on paho's
-    thread; ``acked``/``acks_discarded`` by the AckGate under its lock; everything else on the
+    """Counters of one bridge process. Writers: ``received``/``last_received_monotonic``/``read_pauses`` on
+    paho's thread; ``acked``/``acks_discarded`` by the AckGate under its lock; everything else on the
     producer-owning thread."""
 
     received: int = 0
@@ -67,6 +67,7 @@ class BridgeStats:
     acked: int = 0
     acks_discarded: int = 0
     connections: int = 0
+    read_pauses: int = 0  # times paho's thread found the window full and did not read
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     @property
@@ -104,6 +105,10 @@ class BridgeCollector(Collector):
         )
         yield CounterMetricFamily("iot_bridge_delivery_retries", "Failed Kafka deliveries produced again.", value=self._retries())
         yield CounterMetricFamily("iot_bridge_mqtt_connections", "Successful MQTT connections.", value=s.connections)
+        yield CounterMetricFamily(
+            "iot_bridge_read_pauses", "Socket reads skipped because the bridge held a full window of unacked messages.",
+            value=s.read_pauses,
+        )
         yield GaugeMetricFamily("iot_bridge_in_flight", "Received, not yet acked or discarded.", value=self._in_flight())
         yield GaugeMetricFamily("iot_bridge_mqtt_connected", "1 while connected to the broker.", value=int(self._connected()))
         latency = HistogramMetricFamily(

@@ -79,7 +79,10 @@ class Bridge:
     def _over_window(self) -> bool:
         """As many unacked messages held as the window allows (paho's thread, before every packet read)."""
         s = self.stats
-        return s.received - s.acked - s.acks_discarded - self._producer.stale_failures >= self._window and self._gate.connected
+        if s.received - s.acked - s.acks_discarded - self._producer.stale_failures >= self._window and self._gate.connected:
+            s.read_pauses += 1
+            return True
+        return False
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 after a fatal error."""
@@ -218,6 +221,7 @@ class Bridge:
             "acked": s.acked,
             "acks_discarded": s.acks_discarded + self._producer.stale_failures,
             "in_flight": self.in_flight,
+            "read_pauses": s.read_pauses,
             "waiting": self._producer.waiting,
             "retries": self._producer.retries,
             "connected": self._gate.connected,

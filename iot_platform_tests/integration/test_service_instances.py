@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from iot_platform.observability.identity import service_identity
 from iot_platform.observability.instance_lock import lock_path
@@ -31,6 +32,7 @@ def test_a_second_instance_of_an_identity_refuses_to_start_and_names_the_first(t
     within seconds naming the first's pid and the setting, and leaves the first alone. Once the first
     is SIGKILLed, the kernel has released the lock: a third starts."""
     settings = Settings(home=tmp_path / "home", mqtt_url=f"mqtt://127.0.0.1:{free_port()}", kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                        mqtt_username="bridge", mqtt_password=SecretStr("unused: no broker listens"),
                         pg_port=free_port(), bridge_metrics_port=0, consumer_metrics_port=0)
     env = settings.child_env()
     lock = lock_path(settings.home, service, service_identity(service, settings))
