@@ -42,7 +42,7 @@ from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.kafka import KafkaServer, ensure_topics
 from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
-from iot_platform_tests.helpers import provision_mqtt_access, publisher_credentials
+from iot_platform.stack.sandbox import provision_mqtt_access, publisher_credentials
 
 
 def kafka_total(consumer: Consumer, topic: str) -> int:

@@ -31,14 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from iot_platform.devices.verify import kafka_offsets, verify, wait_until_drained  # noqa: E402
-from iot_platform.devices.verify_report import Expectation  # noqa: E402
-from iot_platform.settings import Settings  # noqa: E402
-from iot_platform.storage.db import connect  # noqa: E402
-from iot_platform_tests.faults.harness import PrivateStack, Service, wait_pipeline_ready  # noqa: E402
-from iot_platform_tests.helpers import service_env  # noqa: E402
+from iot_platform.devices.verify import kafka_offsets, verify, wait_until_drained
+from iot_platform.devices.verify_report import Expectation
+from iot_platform.settings import Settings
+from iot_platform.stack.sandbox import PrivateStack, ServiceProcess, wait_pipeline_ready
+from iot_platform.storage.db import connect
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -104,11 +101,11 @@ def start_publishers(settings: Settings, workdir: Path, *, processes: int, rate:
         if count is not None:
             argv += ["--count", str(count // processes)]
         log = open(workdir / f"publisher-{i}.log", "ab")  # noqa: SIM115 - closed with the process
-        publishers.append((subprocess.Popen(argv, env=service_env(settings), stdout=log, stderr=log), summary, run_id))
+        publishers.append((subprocess.Popen(argv, env=settings.child_env(), stdout=log, stderr=log), summary, run_id))
     return publishers
 
 
-def start_profilers(out_dir: Path | None, services: list[Service], duration_s: float) -> list[subprocess.Popen[bytes]]:
+def start_profilers(out_dir: Path | None, services: list[ServiceProcess], duration_s: float) -> list[subprocess.Popen[bytes]]:
     """py-spy (the optional 'profile' extra) sampling each service; collapsed stacks in out_dir/NAME.txt."""
     if out_dir is None:
         return []
@@ -188,7 +185,7 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
         settings = stack.settings(workdir / "home")
         mqtt_url = stack.mosquitto.url if transport == "tls" else stack.mosquitto.plain_url
         settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms, "mqtt_url": mqtt_url})
-        bridge, consumer = Service("bridge", settings, workdir), Service("consumer", settings, workdir)
+        bridge, consumer = ServiceProcess("bridge", settings, workdir), ServiceProcess("consumer", settings, workdir)
         bridge.start()
         consumer.start()
         wait_pipeline_ready(settings, 90, (bridge, consumer))
@@ -253,7 +250,7 @@ def _kafka_records(settings: Settings) -> int:
     return sum(p.high for p in kafka_offsets(settings) if p.topic == settings.kafka_topic)
 
 
-def _pids(stack: PrivateStack, bridge: Service, consumer: Service) -> dict[str, int]:
+def _pids(stack: PrivateStack, bridge: ServiceProcess, consumer: ServiceProcess) -> dict[str, int]:
     pids = {"mosquitto": stack.mosquitto.pid, "kafka": stack.kafka.pid, "postgres": stack.postgres.pid,
             "bridge": bridge.pid, "consumer": consumer.pid}
     return {name: pid for name, pid in pids.items() if pid}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 import subprocess
 import sys
 import time
@@ -15,11 +14,8 @@ import psycopg2
 from psycopg2 import sql as pgsql
 from pydantic import SecretStr
 
-from iot_platform.access.connection import MqttCredentials
-from iot_platform.access.dynsec import DynsecClient
-from iot_platform.access.repair import acl_json, create_client
-from iot_platform.access.state import ClientSpec, bridge_client
 from iot_platform.settings import Settings
+from iot_platform.stack.sandbox import provision_mqtt_access, publisher_credentials, publisher_for  # noqa: F401 - re-exported
 
 T = TypeVar("T")
 
@@ -28,48 +24,6 @@ def mqtt_topic(settings: Settings, tenant: str, project: str, *rest: str) -> str
     """A topic that matches this test's grammar (which lives under a per-test first level)."""
     prefix = settings.mqtt_topic_grammar.split("{tenant_id}")[0]
     return "/".join([prefix.rstrip("/"), tenant, project, *rest])
-
-
-_PUBLISHERS: dict[str, MqttCredentials] = {}
-
-
-def provision_mqtt_access(settings: Settings) -> Settings:
-    """Broker clients of one test's topic namespace; returns ``settings`` with the bridge's credentials.
-
-    The bridge gets the platform's bridge role for this test's filter (subscribe, plain or shared;
-    publish nothing). The test publisher (:func:`publisher_credentials`) may publish anywhere under the
-    filter, bad topics included, so the bridge's dead-letter paths stay testable with ACLs on.
-    Needs ``settings.mqtt_client_id`` unique per test (the fixtures tag it).
-    """
-    tag = settings.mqtt_client_id
-    bridge = bridge_client(f"bridge-{tag}", settings.mqtt_topic_filter)
-    bridge_password, publisher_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    publisher_role = f"publisher-{tag}"
-    with DynsecClient(settings) as admin:
-        admin.execute(
-            [
-                {"command": "createRole", "rolename": bridge.role,
-                 "acls": [acl_json(a) for a in bridge.acls]},
-                {"command": "createRole", "rolename": publisher_role,
-                 "acls": [{"acltype": "publishClientSend", "topic": settings.mqtt_topic_filter, "allow": True}]},
-                *create_client(ClientSpec(bridge.username, roles=(bridge.role,)), bridge_password),
-                *create_client(ClientSpec(f"publisher-{tag}", roles=(publisher_role,)), publisher_password),
-            ]
-        )
-    _PUBLISHERS[bridge.username] = MqttCredentials(f"publisher-{tag}", SecretStr(publisher_password))
-    return settings.model_copy(update={"mqtt_username": bridge.username, "mqtt_password": SecretStr(bridge_password)})
-
-
-def publisher_credentials(settings: Settings) -> MqttCredentials:
-    """The publisher :func:`provision_mqtt_access` made for these settings."""
-    assert settings.mqtt_username is not None, "settings without provision_mqtt_access"
-    return _PUBLISHERS[settings.mqtt_username]
-
-
-def publisher_for(settings: Settings) -> "Callable[[str, str], MqttCredentials]":
-    """``credentials_for`` of :func:`iot_platform.devices.simulate.simulate`: the test publisher for every project."""
-    credentials = publisher_credentials(settings)
-    return lambda _tenant, _project: credentials
 
 
 def service_env(settings: Settings) -> dict[str, str]:

@@ -32,11 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from iot_platform.bridge.metrics import BridgeStats
-from iot_platform.core.records import InboundMessage, KafkaRecord
+from iot_platform.core.records import InboundMessage, OutboundRecord
 
 
 @dataclass(frozen=True, slots=True)
-class InFlight:
+class InFlightMessage:
     """One received message on its way to Kafka, until it is acked or its ack is discarded.
 
     ``receipt`` numbers the QoS 1 messages in the order their PUBLISH packets arrived (-1 for QoS 0).
@@ -46,7 +46,7 @@ class InFlight:
     qos: int
     generation: int
     message: InboundMessage
-    record: KafkaRecord
+    record: OutboundRecord
     received_monotonic: float
     receipt: int = -1
     attempts: int = 0
@@ -116,10 +116,10 @@ class AckGate:
         self._order.append(mid)
         return receipt
 
-    def is_stale(self, item: InFlight) -> bool:
+    def is_stale(self, item: InFlightMessage) -> bool:
         return item.generation != self._generation
 
-    def ack(self, item: InFlight) -> None:
+    def ack(self, item: InFlightMessage) -> None:
         """Kafka confirmed ``item``: its ack may go out once every earlier receipt's has; stale: discarded."""
         with self._lock:
             if not self._connected or item.generation != self._generation:

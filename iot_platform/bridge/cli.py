@@ -33,7 +33,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _run(settings: Settings) -> int:
     from iot_platform.bridge.service import Bridge  # imported here so `--help` needs no network library
     from iot_platform.access.connection import MqttSetupError, require_bridge_credentials
-    from iot_platform.core.topics import GrammarError
+    from iot_platform.core.topic_grammar import GrammarError
 
     try:
         require_bridge_credentials(settings)

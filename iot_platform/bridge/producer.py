@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from iot_platform.access.kafka_credentials import authentication_message, is_authentication_failure
-from iot_platform.bridge.acks import InFlight
+from iot_platform.bridge.acks import InFlightMessage
 from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.core.records import KAFKA_REJECTED, RecordRules, dead_letter_record
 from iot_platform.settings import Settings
@@ -64,14 +64,14 @@ class FatalProducerError(RuntimeError):
 
 
 class ReliableProducer:
-    """Produces InFlight records until delivered; calls ``on_delivered(item)`` on the owning thread."""
+    """Produces InFlightMessage records until delivered; calls ``on_delivered(item)`` on the owning thread."""
 
     def __init__(
         self,
         settings: Settings,
         rules: RecordRules,
-        on_delivered: Callable[[InFlight], None],
-        is_stale: Callable[[InFlight], bool],
+        on_delivered: Callable[[InFlightMessage], None],
+        is_stale: Callable[[InFlightMessage], bool],
         extra_config: dict[str, Any] | None = None,
     ) -> None:
         self._rules = rules
@@ -80,16 +80,16 @@ class ReliableProducer:
         self._cap_s = settings.bridge_reconnect_max_backoff_s
         self._producer = Producer({**producer_config(settings), **(extra_config or {}), "error_cb": self._on_error})
         self._lock = threading.Lock()  # guards the backlog and produce order
-        self._backlog: deque[InFlight] = deque()
-        self._refused: deque[tuple[InFlight, KafkaError]] = deque()  # produce() raised; owning thread retries
-        self._retries: list[tuple[float, int, InFlight]] = []  # (due, seq, item); owning thread only
+        self._backlog: deque[InFlightMessage] = deque()
+        self._refused: deque[tuple[InFlightMessage, KafkaError]] = deque()  # produce() raised; owning thread retries
+        self._retries: list[tuple[float, int, InFlightMessage]] = []  # (due, seq, item); owning thread only
         self._seq = itertools.count()
         self.retries = 0
         self.stale_failures = 0
         self.fatal: KafkaError | None = None
         self._last_error_log: dict[int, float] = {}
 
-    def send(self, item: InFlight) -> None:
+    def send(self, item: InFlightMessage) -> None:
         """Hand a record to Kafka without blocking; never drops it."""
         with self._lock:
             if self._backlog:
@@ -127,7 +127,7 @@ class ReliableProducer:
     def waiting(self) -> int:
         return len(self._backlog) + len(self._retries) + len(self._refused)
 
-    def _produce(self, item: InFlight) -> bool:
+    def _produce(self, item: InFlightMessage) -> bool:
         """False when librdkafka's queue is full (the caller keeps the item); refusals are retried later."""
         record = item.record
         try:
@@ -161,13 +161,13 @@ class ReliableProducer:
             _, _, item = heapq.heappop(self._retries)
             self.send(item)
 
-    def _delivered(self, item: InFlight, err: KafkaError | None, _msg: Message) -> None:
+    def _delivered(self, item: InFlightMessage, err: KafkaError | None, _msg: Message) -> None:
         if err is None:
             self._on_delivered(item)
         else:
             self._failed(item, err)
 
-    def _failed(self, item: InFlight, err: KafkaError) -> None:
+    def _failed(self, item: InFlightMessage, err: KafkaError) -> None:
         if err.fatal():
             self.fatal = err
             return
@@ -187,7 +187,7 @@ class ReliableProducer:
             self.fatal = err
         self._log_rate_limited(err, None)
 
-    def _log_rate_limited(self, err: KafkaError, item: InFlight | None) -> None:
+    def _log_rate_limited(self, err: KafkaError, item: InFlightMessage | None) -> None:
         now = time.monotonic()
         if now - self._last_error_log.get(err.code(), 0.0) < 10.0:
             return

@@ -28,14 +28,14 @@ from typing import Any
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.reasoncodes import ReasonCode
 
-from iot_platform.bridge.acks import AckGate, InFlight
+from iot_platform.bridge.acks import AckGate, InFlightMessage
 from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.bridge.metrics import BridgeCollector, BridgeStats, serve_metrics
 from iot_platform.bridge.mqtt_session import connect_async, make_client, subscribe
 from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
-from iot_platform.core.topics import INVALID_TOPIC_ENCODING
+from iot_platform.core.topic_grammar import INVALID_TOPIC_ENCODING
 from iot_platform.observability.identity import service_identity
 from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
@@ -159,7 +159,7 @@ class Bridge:
             record = build_record(inbound, self._rules) if rejection is None else dead_letter_record(inbound, rejection, self._rules)
             receipt = self._gate.received(msg.mid) if msg.qos else -1
             # msg.timestamp is paho's receive time, on time.monotonic().
-            item = InFlight(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp, receipt)
+            item = InFlightMessage(msg.mid, msg.qos, self._gate.generation, inbound, record, msg.timestamp, receipt)
             self.stats.received += 1
             self.stats.last_received_monotonic = item.received_monotonic
             self._producer.send(item)
@@ -207,7 +207,7 @@ class Bridge:
 
     # -- producer-owning (main) thread -----------------------------------------------------------
 
-    def _delivered(self, item: InFlight) -> None:
+    def _delivered(self, item: InFlightMessage) -> None:
         self._gate.ack(item)
         self.stats.record_delivery(item.record.dead_letter_reason, time.monotonic() - item.received_monotonic)
 

@@ -25,7 +25,7 @@ _MS_PER_DAY = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
-class KafkaRecord:
+class ConsumedRecord:
     """The parts of a consumed Kafka message the consumer uses, as plain values."""
 
     topic: str
@@ -121,7 +121,7 @@ class EnvelopeCache:
 
 
 class Classifier:
-    """classify() for a stream of records, from the Kafka message's parts (no KafkaRecord per record)."""
+    """classify() for a stream of records, from the Kafka message's parts (no ConsumedRecord per record)."""
 
     def __init__(self, *, messages_topic: str, message_id_field: str, envelopes: EnvelopeCache | None = None) -> None:
         self._messages_topic = messages_topic
@@ -134,15 +134,15 @@ class Classifier:
     ) -> MessageRow | DeadLetterRow:
         payload = value if value is not None else b""
         if topic != self._messages_topic:
-            record = KafkaRecord(topic, partition, offset, headers, value, timestamp_ms)
+            record = ConsumedRecord(topic, partition, offset, headers, value, timestamp_ms)
             return _bridge_dead_letter(record, payload, payload_fields(payload, self._message_id_field)[1])
         try:
             envelope, received_at_ms = self._envelopes.decode_fields(headers)
         except EnvelopeError as exc:
-            return _consumer_dead_letter(KafkaRecord(topic, partition, offset, headers, value, timestamp_ms), payload,
+            return _consumer_dead_letter(ConsumedRecord(topic, partition, offset, headers, value, timestamp_ms), payload,
                                          f"undecodable headers: {exc}")
         if not MIN_RECEIVED_AT_MS <= received_at_ms <= MAX_RECEIVED_AT_MS:
-            return _consumer_dead_letter(KafkaRecord(topic, partition, offset, headers, value, timestamp_ms), payload,
+            return _consumer_dead_letter(ConsumedRecord(topic, partition, offset, headers, value, timestamp_ms), payload,
                                          f"received_at_ms out of range: {received_at_ms}")
         json_text, message_id, device_id, device_ts = payload_fields(payload, self._message_id_field)
         return MessageRow(envelope.tenant_id, envelope.project_id, envelope.mqtt_topic, payload, json_text, message_id,
@@ -150,7 +150,7 @@ class Classifier:
 
 
 def classify(
-    record: KafkaRecord, *, messages_topic: str, message_id_field: str, envelopes: EnvelopeCache | None = None
+    record: ConsumedRecord, *, messages_topic: str, message_id_field: str, envelopes: EnvelopeCache | None = None
 ) -> MessageRow | DeadLetterRow:
     """The row a record becomes; records of any topic other than ``messages_topic`` are dead letters."""
     classifier = Classifier(messages_topic=messages_topic, message_id_field=message_id_field, envelopes=envelopes)
@@ -172,7 +172,7 @@ def rejected(row: MessageRow, reason: str, messages_topic: str) -> DeadLetterRow
     )
 
 
-def _fallback_received_at_ms(header_ms: int, record: KafkaRecord) -> int:
+def _fallback_received_at_ms(header_ms: int, record: ConsumedRecord) -> int:
     if MIN_RECEIVED_AT_MS < header_ms <= MAX_RECEIVED_AT_MS:
         return header_ms
     if record.timestamp_ms is not None and MIN_RECEIVED_AT_MS < record.timestamp_ms <= MAX_RECEIVED_AT_MS:
@@ -180,7 +180,7 @@ def _fallback_received_at_ms(header_ms: int, record: KafkaRecord) -> int:
     return MIN_RECEIVED_AT_MS
 
 
-def _bridge_dead_letter(record: KafkaRecord, payload: bytes, message_id: str | None) -> DeadLetterRow:
+def _bridge_dead_letter(record: ConsumedRecord, payload: bytes, message_id: str | None) -> DeadLetterRow:
     meta = decode_dead_letter(record.headers)
     return DeadLetterRow(
         reason=meta.reason,
@@ -199,7 +199,7 @@ def _bridge_dead_letter(record: KafkaRecord, payload: bytes, message_id: str | N
     )
 
 
-def _consumer_dead_letter(record: KafkaRecord, payload: bytes, reason: str) -> DeadLetterRow:
+def _consumer_dead_letter(record: ConsumedRecord, payload: bytes, reason: str) -> DeadLetterRow:
     # The tolerant dead-letter decoder salvages whatever headers are readable.
     salvaged = _bridge_dead_letter(record, payload, message_id=None)
     return replace(salvaged, reason=reason, source=SOURCE_CONSUMER, original_size=len(payload), truncated=False)

@@ -78,7 +78,7 @@ class KafkaAuthenticationFailed(RuntimeError):
 
 
 @dataclass
-class InFlight:
+class InFlightBatch:
     """A batch handed to the database thread, and the outcome of its current attempt."""
 
     rows: list[MessageRow | DeadLetterRow]
@@ -92,7 +92,7 @@ class ConsumerService:
         self.metrics = metrics or ConsumerMetrics()
         self.writer = BatchWriter(settings)
         self._db = WriteThread(self.writer)
-        self._in_flight: InFlight | None = None
+        self._in_flight: InFlightBatch | None = None
         self._abandoned = False  # a batch was given up (only when stopping): nothing after it may be written
         self._database_commits = 0
         self.positions = Positions()
@@ -257,7 +257,7 @@ class ConsumerService:
         if self._abandoned:
             log.warning("stopping after an unwritten batch; the next one is read again on restart too", extra={"records": len(rows)})
             return
-        self._in_flight = InFlight(rows, batch, self._db.submit(batch))
+        self._in_flight = InFlightBatch(rows, batch, self._db.submit(batch))
 
     def _finish_in_flight(self, consumer: Consumer) -> None:
         """Wait for the batch in flight; retry it until it commits or we stop; then commit to Kafka."""
@@ -289,9 +289,9 @@ class ConsumerService:
         if kept:
             expired = tuple(e for e in flight.batch.expired if e.key not in revoked)
             batch = make_batch(kept, self.settings.kafka_topic, expired=expired)
-            self._in_flight = InFlight(kept, batch, self._db.submit(batch))
+            self._in_flight = InFlightBatch(kept, batch, self._db.submit(batch))
 
-    def _wait(self, consumer: Consumer, flight: InFlight) -> Exception | None:
+    def _wait(self, consumer: Consumer, flight: InFlightBatch) -> Exception | None:
         """Wait for the current attempt. Success: metrics, Kafka commit, nothing in flight; else the error."""
         try:
             result, seconds = flight.attempt.result()

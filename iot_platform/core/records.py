@@ -24,7 +24,7 @@ from iot_platform.core.envelope import (
     encode_dead_letter,
     encode_envelope,
 )
-from iot_platform.core.topics import Rejection, TopicGrammar, TopicMatch
+from iot_platform.core.topic_grammar import Rejection, TopicGrammar, TopicMatch
 
 if TYPE_CHECKING:
     from iot_platform.settings import Settings
@@ -50,7 +50,7 @@ class InboundMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class KafkaRecord:
+class OutboundRecord:
     """What to produce; ``dead_letter_reason`` is None for a good message."""
 
     topic: str
@@ -102,7 +102,7 @@ def _good_template(rules: RecordRules, topic: str, qos: int, retain: bool) -> tu
     return record_key(parsed, rules.key_mode), headers
 
 
-def build_record(message: InboundMessage, rules: RecordRules) -> KafkaRecord:
+def build_record(message: InboundMessage, rules: RecordRules) -> OutboundRecord:
     """The record for a message: good, or a dead letter saying why not."""
     template = _good_template(rules, message.topic, message.qos, message.retain)
     if isinstance(template, Rejection):
@@ -110,7 +110,7 @@ def build_record(message: InboundMessage, rules: RecordRules) -> KafkaRecord:
     if len(message.payload) > rules.max_payload_bytes:
         return dead_letter_record(message, PAYLOAD_TOO_LARGE, rules)
     key, headers = template
-    return KafkaRecord(
+    return OutboundRecord(
         topic=rules.messages_topic,
         key=key,
         value=message.payload,
@@ -122,7 +122,7 @@ def headers_size(headers: Headers) -> int:
     return sum(len(name.encode()) + len(value) + HEADER_OVERHEAD_BYTES for name, value in headers)
 
 
-def dead_letter_record(message: InboundMessage, reason: str, rules: RecordRules) -> KafkaRecord:
+def dead_letter_record(message: InboundMessage, reason: str, rules: RecordRules) -> OutboundRecord:
     """A dead letter with the original bytes, cut (and marked) only where Kafka could not take them."""
 
     def headers(truncated: bool) -> Headers:
@@ -140,7 +140,7 @@ def dead_letter_record(message: InboundMessage, reason: str, rules: RecordRules)
     # Both header variants have the same size ("0" vs "1"), so the budget is exact for either.
     budget = max(0, rules.max_message_bytes - RECORD_OVERHEAD_BYTES - headers_size(headers(False)))
     truncated = len(message.payload) > budget
-    return KafkaRecord(
+    return OutboundRecord(
         topic=rules.dead_letter_topic,
         key=None,
         value=message.payload[:budget] if truncated else message.payload,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from iot_platform.devices.topics import bad_shape_topic, device_topic
+from iot_platform.devices.device_topics import bad_shape_topic, device_topic
 
 GOOD = "good"
 BAD_TOPIC = "bad_topic"

@@ -21,7 +21,7 @@ from pathlib import Path
 from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, wait_until
-from iot_platform.stack.topics import ensure_topics  # re-exported: callers reach topics through the broker
+from iot_platform.stack.kafka_topics import ensure_topics  # re-exported: callers reach topics through the broker
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 HEAP = "-Xmx512m"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from iot_platform.stack.ports import free_port
-from iot_platform_tests.faults.proxy import TcpProxy
+from iot_platform.stack.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.faults
 

@@ -25,7 +25,7 @@ from iot_platform.stack.kafka import ensure_topics
 from iot_platform.stack.ports import free_port
 from iot_platform.storage.audit import consumed_offsets
 from iot_platform.storage.migrate import apply_migrations
-from iot_platform_tests.faults.harness import Service
+from iot_platform_tests.faults.harness import ServiceProcess
 from iot_platform_tests.helpers import mqtt_topic, run_cli, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -78,7 +78,7 @@ def test_records_deleted_before_the_consumer_read_them_are_counted_logged_record
         ConfigEntry("segment.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
     apply_migrations(settings)
-    consumer = Service("consumer", settings, tmp_path / "logs")
+    consumer = ServiceProcess("consumer", settings, tmp_path / "logs")
 
     produce(settings, 0, 20)
     consumer.start()

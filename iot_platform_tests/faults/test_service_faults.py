@@ -19,7 +19,7 @@ from iot_platform.devices.fleet import BAD_TOPIC, INVALID_ID, OVERSIZE
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
-from iot_platform_tests.faults.harness import Publisher, Service, assert_invariants, fleet_spec, pipeline, settle_and_verify
+from iot_platform_tests.faults.harness import Publisher, ServiceProcess, assert_invariants, fleet_spec, pipeline, settle_and_verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -76,7 +76,7 @@ def test_consumer_dies_between_database_commit_and_kafka_commit(settings: Settin
         # Slow enough that every crashing consumer finds records it has not stored yet.
         publisher = Publisher(settings, fleet_spec(settings, bad_fraction=0.01), count=3_000, rate=100)
         publisher.start()
-        crashing = Service("consumer", settings, tmp_path / "logs", {"IOT_FAULT_EXIT_AFTER_COMMITS": "1"})
+        crashing = ServiceProcess("consumer", settings, tmp_path / "logs", {"IOT_FAULT_EXIT_AFTER_COMMITS": "1"})
         trailing = []
         try:
             for _ in range(3):

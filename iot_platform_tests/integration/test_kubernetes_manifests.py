@@ -27,7 +27,7 @@ from iot_platform.cli import COMMANDS
 from iot_platform.dashboards.provision import CONTAINER_PROVISIONING
 from iot_platform.settings import Settings
 from iot_platform.stack.mosquitto import MosquittoConfig, render_config
-from iot_platform.stack.topics import topic_specs
+from iot_platform.stack.kafka_topics import topic_specs
 from iot_platform_tests.kubernetes_schemas import (
     core_definition_validator,
     core_kind_errors,
@@ -143,7 +143,7 @@ def test_validation_rejects_typos_and_wrong_types() -> None:
 
 
 def test_topics_match_the_settings_and_survive_a_broker() -> None:
-    """Topic names, partitions and configs are those of settings.py / stack/topics.py; RF 3, min ISR 2."""
+    """Topic names, partitions and configs are those of settings.py / stack/kafka_topics.py; RF 3, min ISR 2."""
     settings = Settings()
     for spec in topic_specs(settings):
         topic = _find("KafkaTopic", spec.name)["spec"]

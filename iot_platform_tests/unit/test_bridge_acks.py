@@ -9,18 +9,18 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iot_platform.bridge.acks import AckGate, InFlight
+from iot_platform.bridge.acks import AckGate, InFlightMessage
 from iot_platform.bridge.metrics import BridgeStats
-from iot_platform.core.records import InboundMessage, KafkaRecord
+from iot_platform.core.records import InboundMessage, OutboundRecord
 
 MESSAGE = InboundMessage("t/a/b", b"x", 1, False, 0)
-RECORD = KafkaRecord("topic", b"a", b"x", [])
+RECORD = OutboundRecord("topic", b"a", b"x", [])
 
 
-def receive(gate: AckGate, mid: int, qos: int = 1) -> InFlight:
+def receive(gate: AckGate, mid: int, qos: int = 1) -> InFlightMessage:
     """What the bridge does on paho's thread for each PUBLISH: note its receipt, tag its connection."""
     receipt = gate.received(mid) if qos else -1
-    return InFlight(mid=mid, qos=qos, generation=gate.generation, message=MESSAGE, record=RECORD,
+    return InFlightMessage(mid=mid, qos=qos, generation=gate.generation, message=MESSAGE, record=RECORD,
                     received_monotonic=0.0, receipt=receipt)
 
 
@@ -192,7 +192,7 @@ def test_no_ack_of_an_old_connection_slips_past_a_concurrent_reconnect() -> None
     gate = AckGate(send, stats)
     done = threading.Event()
     reconnections = 0
-    received: list[InFlight] = []
+    received: list[InFlightMessage] = []
     lock = threading.Lock()
 
     def network_thread() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from iot_platform.bridge.acks import InFlight
+from iot_platform.bridge.acks import InFlightMessage
 from iot_platform.bridge.producer import ReliableProducer, producer_config
 from iot_platform.core.records import InboundMessage, RecordRules, build_record
 from iot_platform.settings import Settings
@@ -14,9 +14,9 @@ SETTINGS = Settings(kafka_topic="msgs", kafka_dlq_topic="dlq", bridge_id="unit",
 RULES = RecordRules.from_settings(SETTINGS)
 
 
-def item(seq: int, generation: int = 1) -> InFlight:
+def item(seq: int, generation: int = 1) -> InFlightMessage:
     message = InboundMessage(f"mtic/msg/client/realtime/t{seq % 3}/p", f"{seq}".encode(), 1, False, 0)
-    return InFlight(seq, 1, generation, message, build_record(message, RULES), time.monotonic())
+    return InFlightMessage(seq, 1, generation, message, build_record(message, RULES), time.monotonic())
 
 
 def test_config_is_idempotent_all_acks_and_bounded() -> None:

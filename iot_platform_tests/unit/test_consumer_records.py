@@ -11,7 +11,7 @@ from iot_platform.consumer.positions import ExpiredRange, Positions
 from iot_platform.consumer.records import (
     MAX_RECEIVED_AT_MS,
     DeadLetterRow,
-    KafkaRecord,
+    ConsumedRecord,
     MessageRow,
     classify,
     rejected,
@@ -22,8 +22,8 @@ TOPIC, DLQ = "iot-messages", "iot-messages-dlq"
 ENVELOPE = Envelope("mtic/msg/client/realtime/acme/p1", "acme", "p1", 1, False, 1_700_000_000_123, "b1")
 
 
-def record(headers, value: bytes | None = b'{"msg_id": "m1"}', topic: str = TOPIC, timestamp_ms: int | None = 1_600_000_000_000) -> KafkaRecord:  # type: ignore[no-untyped-def]
-    return KafkaRecord(topic, 3, 42, headers, value, timestamp_ms)
+def record(headers, value: bytes | None = b'{"msg_id": "m1"}', topic: str = TOPIC, timestamp_ms: int | None = 1_600_000_000_000) -> ConsumedRecord:  # type: ignore[no-untyped-def]
+    return ConsumedRecord(topic, 3, 42, headers, value, timestamp_ms)
 
 
 def test_good_record_becomes_message_row() -> None:

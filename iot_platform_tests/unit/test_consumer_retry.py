@@ -93,7 +93,7 @@ def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type:
     is not written either (its stored offsets would skip the abandoned records for good)."""
     from concurrent.futures import Future
 
-    from iot_platform.consumer.service import ConsumerService, InFlight
+    from iot_platform.consumer.service import ConsumerService, InFlightBatch
     from iot_platform.settings import Settings
 
     class DatabaseDown:
@@ -110,7 +110,7 @@ def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type:
     database = DatabaseDown()
     service._db = database  # type: ignore[assignment]
     first = [MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 0)]
-    service._in_flight = InFlight(first, make_batch(first, "msgs"), database.submit(make_batch(first, "msgs")))
+    service._in_flight = InFlightBatch(first, make_batch(first, "msgs"), database.submit(make_batch(first, "msgs")))
     service._pending.append(MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 1))
     service.stop()
     ready = service._prepare()

@@ -10,7 +10,7 @@ import pytest
 
 from iot_platform.devices.fleet import BAD_CATEGORIES, BAD_TOPIC, GOOD, INVALID_ID, OVERSIZE, Fleet, FleetSpec, iso_ms
 from iot_platform.devices.pacing import TokenBucket
-from iot_platform.devices.topics import bad_shape_topic, device_topic
+from iot_platform.devices.device_topics import bad_shape_topic, device_topic
 
 GRAMMAR = "mtic/msg/client/realtime/{tenant_id}/{project_id}[/...]"
 ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -16,7 +16,7 @@ from iot_platform.core.records import (
     dead_letter_record,
     headers_size,
 )
-from iot_platform.core.topics import INVALID_PROJECT_ID, INVALID_TENANT_ID, TOPIC_MISMATCH, TopicGrammar
+from iot_platform.core.topic_grammar import INVALID_PROJECT_ID, INVALID_TENANT_ID, TOPIC_MISMATCH, TopicGrammar
 from iot_platform.settings import DEFAULT_ID_PATTERN, DEFAULT_TOPIC_GRAMMAR, Settings
 
 RULES = RecordRules(

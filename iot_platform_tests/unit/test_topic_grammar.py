@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iot_platform.core.topics import (
+from iot_platform.core.topic_grammar import (
     INVALID_PROJECT_ID,
     INVALID_TENANT_ID,
     TOPIC_MISMATCH,
