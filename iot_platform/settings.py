@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
 
     # Kafka.
-    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
-    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker (`dev up`).")
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]. `dev up` runs its brokers there: with IOT_KAFKA_BROKERS=3 at each of three addresses, or at one address's port, +2 and +4.")
+    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker (`dev up`); with 3 brokers, node i (0-2) uses this port + 2i.")
+    kafka_brokers: int = Field(default=1, description="Kafka brokers: `dev up` runs 1, or 3 (KRaft, each also a controller); topics get one replica per broker, min.insync.replicas 2 of 3, no unclean leader election.")
     kafka_topic: str = Field(default="iot-messages", description="Topic of good messages.")
     kafka_dlq_topic: str = Field(default="iot-messages-dlq", description="Topic of dead letters.")
     kafka_partitions: int = Field(default=6, ge=1, description="Partitions of the messages topic.")
@@ -154,6 +155,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _cluster_size(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError(f"IOT_KAFKA_BROKERS {value}: 1 or 3 (a quorum of three tolerates one broker down; two would not)")
+        return value
 
     @field_validator("mqtt_url")
     @classmethod
