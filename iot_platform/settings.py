@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=6, ge=1, description="Partitions of the messages topic.")
     kafka_retention_ms: int = Field(default=THREE_DAYS_MS, gt=0, description="Retention of both topics.")
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(default="lz4", description="Producer compression.")
-    kafka_key_mode: Literal["tenant", "tenant_project"] = Field(default="tenant", description="Record key: tenant id, or tenant/project.")
+    kafka_key_mode: Literal["device", "tenant", "tenant_project"] = Field(default="device", description="Record key, hence partition and the order Kafka keeps: device (the topic after the grammar's leading literal levels, tenant/project/device/...: per-device order, load spread over the partitions), tenant (per-tenant order, a large tenant is one hot partition) or tenant/project.")
     kafka_linger_ms: int = Field(default=5, ge=0, description="Producer linger.")
     kafka_delivery_timeout_ms: int = Field(default=120_000, gt=0, description="Producer delivery timeout; a timed-out message is retried, never acked.")
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0, description="Timeout of one Kafka request.")
