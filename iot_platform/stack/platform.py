@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iot_platform.observability.instance_lock import AlreadyRunning, acquire, holder, record_holder
-from iot_platform.observability.pidfile import read_live_pid
+from iot_platform.observability.pidfile import live_replica_pids, read_live_pid, replica_pidfile_name
 from iot_platform.settings import Settings
 from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
@@ -259,10 +259,18 @@ class LocalPlatform:
         return spawn(argv, self.logs / "simulator.log", env=self.settings.child_env()).pid
 
     # -- status / down ----------------------------------------------------------------------------
+    def replica_pids(self, name: str) -> list[int | None]:
+        """The live pid of every replica of a service (index < IOT_BRIDGE_REPLICAS / IOT_CONSUMER_REPLICAS,
+        None where its pid file names no live process), or of every Kafka node, in index order."""
+        if name == "kafka":
+            return [pid if pid_alive(pid) else None for pid in self.state.all_pids("kafka")]
+        count = {"bridge": self.settings.bridge_replicas, "consumer": self.settings.consumer_replicas}[name]
+        return [read_live_pid(self.home, replica_pidfile_name(name, index)) for index in range(count)]
+
     def status(self) -> dict:
         pids: dict[str, int | None] = {n: p if pid_alive(p) else None for n, p in self.state.pids.items()}
         for name in SERVICES:
-            pids[name] = read_live_pid(self.home, name)
+            pids[name] = read_live_pid(self.home, name)  # replica 0 under the service's own name
         return {
             "mqtt": {"host": self.settings.mqtt_host, "port": self.settings.mqtt_port, "url": self.settings.mqtt_url,
                      "ca_file": str(self.settings.mqtt_ca_file) if self.settings.mqtt_ca_file else None,
@@ -273,6 +281,7 @@ class LocalPlatform:
             "dagster": {"url": self.settings.dagster_url},
             "home": str(self.home),
             "pids": pids,
+            "replicas": {name: self.replica_pids(name) for name in (*SERVICES, "kafka")},
         }
 
     def down(self) -> list[str]:
@@ -287,12 +296,13 @@ class LocalPlatform:
                 self._stop(name)
                 stopped.append(name)
         # Services normally leave with the daemon's process group; a survivor is ours too.
+        # Every replica that left a live pid file, also one above today's IOT_*_REPLICAS.
         for name in SERVICES:
-            pid = read_live_pid(self.home, name)
-            if pid:
-                self.progress(f"{name}: stopping (pid {pid})")
+            for index, pid in live_replica_pids(self.home, name).items():
+                label = name if index == 0 else f"{name} replica {index}"
+                self.progress(f"{label}: stopping (pid {pid})")
                 stop_group(pid)
-                stopped.append(name)
+                stopped.append(label)
         self.state.pids = {}
         self.state.save(self.home)
         return stopped
