@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from iot_platform.settings import Settings
 from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.kafka import KafkaConfig, render_server_properties
 from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress, formatted_sizes, local_node_addresses, node_dir
 from iot_platform.stack.mosquitto import MosquittoConfig, render_config
+from iot_platform.stack.platform import LocalPlatform, PlatformState
 from iot_platform.stack.ports import ensure_port_free, free_port
 from iot_platform.stack.postgres import render_conf
 from iot_platform.stack.process import StackError
@@ -151,3 +156,20 @@ def test_busy_port_names_the_setting() -> None:
         with pytest.raises(StackError, match=rf"127\.0\.0\.1:{port}.*IOT_PG_PORT"):
             ensure_port_free("127.0.0.1", port, "IOT_PG_PORT")
     ensure_port_free("127.0.0.1", free_port(), "IOT_PG_PORT")
+
+
+def test_status_lists_every_kafka_node_and_service_replica_of_a_home(tmp_path: Path) -> None:
+    """`dev status` of a three-broker home with two bridge replicas: a pid per Kafka node and per replica
+    index, null for a dead node or a missing pid file; `pids` keeps the first node and replica 0."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = os.getpid()
+    PlatformState(pids={"kafka": me}, nodes={"kafka": [me, dead.pid, me]}).save(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "bridge.pid").write_text(f"{me}\n")
+    (tmp_path / "run" / "consumer-1.pid").write_text(f"{me}\n")  # above IOT_CONSUMER_REPLICAS=1: not listed
+    platform = LocalPlatform(Settings(home=tmp_path, kafka_brokers=3, bridge_replicas=2))
+    status = platform.status()
+    assert status["replicas"] == {"bridge": [me, None], "consumer": [None], "kafka": [me, None, me]}
+    assert (status["pids"]["kafka"], status["pids"]["bridge"], status["pids"]["consumer"]) == (me, me, None)
+    assert status["kafka"]["brokers"] == 3
