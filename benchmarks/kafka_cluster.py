@@ -2,14 +2,17 @@
 
 Starts its own cluster (``stack/kafka_cluster.py``: 1 node, or 3 combined broker+controller nodes,
 as `dev up` runs them) in a temporary directory, creates the platform's topics (replication factor =
-brokers, min.insync.replicas 2 of 3), produces N records with the bridge's producer settings
-(idempotent, ``acks=all``, lz4, 5 ms linger) and device keys, and prints JSON: seconds until every
-node was a registered broker, produce rate, the CPU seconds of the brokers over the produce, each
-node's resident memory afterwards, and with three brokers the failover: the leader of partition 0
-SIGKILLed, seconds until another replica leads it, seconds until the restarted node is back in every
-ISR. Everything is stopped and removed at the end.
+brokers, min.insync.replicas 2 of 3), produces N records as the bridge builds them (``build_record`` of
+simulator telemetry from 5 tenants x 3 projects x 20 devices: device key, JSON value, the envelope
+headers; 20,000 distinct records cycled) with the bridge's producer settings (``producer_config``:
+idempotent, ``acks=all``, lz4, its linger), and prints JSON: seconds until every node was a registered
+broker, produce rate, the records' mean size and their size on disk per replica (lz4 batches), the CPU
+seconds of the brokers over the produce (and per record), each node's resident memory afterwards, and
+with three brokers the failover: the leader of partition 0 SIGKILLed, seconds until another replica
+leads it, seconds until the restarted node is back in every ISR. Everything is stopped and removed at
+the end.
 
-Usage: .venv/bin/python benchmarks/kafka_cluster.py [--brokers 3] [--records 200000] [--payload-bytes 200]
+Usage: .venv/bin/python benchmarks/kafka_cluster.py [--brokers 3] [--records 200000]
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from iot_platform.bridge.producer import producer_config
+from iot_platform.core.records import InboundMessage, OutboundRecord, RecordRules, build_record, headers_size
+from iot_platform.devices.fleet import Fleet, FleetSpec
 from iot_platform.settings import Settings
 from iot_platform.stack.kafka import ensure_topics
 from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress
@@ -45,12 +51,20 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def produce(settings: Settings, records: int, payload_bytes: int) -> float:
-    """Produce ``records`` device-keyed records as the bridge does; returns records per second."""
-    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                         "compression.type": settings.kafka_compression, "queue.buffering.max.messages": 500_000})
-    keys = [f"tenant{t}/project{p}/device{d}/telemetry".encode() for t in range(5) for p in range(3) for d in range(20)]
-    payload = b"x" * payload_bytes
+def bridge_records(settings: Settings, count: int) -> list[OutboundRecord]:
+    """``count`` records as the bridge builds them from a simulated fleet's telemetry."""
+    rules = RecordRules.from_settings(settings)
+    fleet = Fleet(FleetSpec(5, 3, 20, settings.mqtt_topic_grammar, run_id="kafka-cluster-benchmark"))
+    now_ms = int(time.time() * 1000)
+    records = [build_record(InboundMessage(m.topic, m.payload, 1, False, now_ms), rules) for m in fleet.messages(count, now_ms)]
+    assert all(r.dead_letter_reason is None for r in records), "the fleet sent a message the bridge dead-letters"
+    return records
+
+
+def produce(settings: Settings, records: int) -> tuple[float, float]:
+    """Produce ``records`` bridge records; returns (records per second, mean record bytes: key + value + headers)."""
+    producer = Producer({**producer_config(settings), "queue.buffering.max.messages": 500_000})
+    built = bridge_records(settings, 20_000)
     failed = 0
 
     def report(err, _msg) -> None:  # type: ignore[no-untyped-def]
@@ -59,9 +73,10 @@ def produce(settings: Settings, records: int, payload_bytes: int) -> float:
 
     started = time.monotonic()
     for i in range(records):
+        record = built[i % len(built)]
         while True:
             try:
-                producer.produce(settings.kafka_topic, payload, key=keys[i % len(keys)], on_delivery=report)
+                producer.produce(record.topic, record.value, key=record.key, headers=record.headers, on_delivery=report)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -70,7 +85,8 @@ def produce(settings: Settings, records: int, payload_bytes: int) -> float:
     elapsed = time.monotonic() - started
     if failed:
         raise RuntimeError(f"{failed} records were not delivered")
-    return records / elapsed
+    size = sum(len(r.key or b"") + len(r.value) + headers_size(r.headers) for r in built) / len(built)
+    return records / elapsed, size
 
 
 def leader_of(admin: AdminClient, topic: str, partition: int) -> int:
@@ -114,9 +130,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         settings = Settings(kafka_bootstrap=cluster.bootstrap, kafka_brokers=args.brokers, home=workdir / "home")
         ensure_topics(settings)
         before = [cpu_ticks(pid) for pid in cluster.pids if pid]
-        result["produce_msg_s"] = round(produce(settings, args.records, args.payload_bytes))
-        result["broker_cpu_s"] = round(sum(cpu_ticks(pid) for pid in cluster.pids if pid) / TICKS - sum(before) / TICKS, 1)
+        rate, size = produce(settings, args.records)
+        result |= {"produce_msg_s": round(rate), "record_bytes": round(size)}
+        cpu_s = sum(cpu_ticks(pid) for pid in cluster.pids if pid) / TICKS - sum(before) / TICKS
+        result |= {"broker_cpu_s": round(cpu_s, 1), "broker_cpu_us_per_record": round(cpu_s / args.records * 1e6, 1),
+                   "load_average_after_produce": os.getloadavg()[0]}
         result["rss_mib"] = [rss_mib(pid) for pid in cluster.pids if pid]
+        stored = sum(f.stat().st_size for d in (workdir / "kafka").rglob(f"{settings.kafka_topic}-*") if d.is_dir() for f in d.glob("*.log"))
+        result["disk_bytes_per_record_per_replica"] = round(stored / args.records / args.brokers, 1)
         if args.brokers > 1:
             result["failover"] = failover(cluster, settings)
         started = time.monotonic()
@@ -132,7 +153,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--brokers", type=int, choices=(1, 3), default=3)
     parser.add_argument("--records", type=int, default=200_000)
-    parser.add_argument("--payload-bytes", type=int, default=200)
     print(json.dumps(run(parser.parse_args())))
     return 0
 
