@@ -340,7 +340,7 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
 
 
 def _pids(stack: PrivateStack, bridge: ServiceProcess, consumer: ServiceProcess) -> dict[str, int]:
-    pids = {"mosquitto": stack.mosquitto.pid, "kafka": stack.kafka.pid, "postgres": stack.postgres.pid,
+    pids = {"mosquitto": stack.mosquitto.pid, "kafka": stack.kafka.pids[0], "postgres": stack.postgres.pid,
             "bridge": bridge.pid, "consumer": consumer.pid}
     return {name: pid for name, pid in pids.items() if pid}
 

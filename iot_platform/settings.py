@@ -68,16 +68,19 @@ class Settings(BaseSettings):
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
     mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
+    bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas of the platform; replica i writes IOT_HOME/run/bridge-{i}.pid (replica 0: bridge.pid), which `dev status` reads.")
+    replica_index: int = Field(default=0, ge=0, description="Which replica of its service this process is (0 .. replicas - 1; Kubernetes sets it from the pod index).")
 
     # Kafka.
-    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
-    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker (`dev up`).")
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]. `dev up` runs its brokers there: with IOT_KAFKA_BROKERS=3 at each of three addresses, or at one address's port, +2 and +4.")
+    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker (`dev up`); with 3 brokers, node i (0-2) uses this port + 2i.")
+    kafka_brokers: int = Field(default=1, description="Kafka brokers: `dev up` runs 1, or 3 (KRaft, each also a controller); topics get one replica per broker, min.insync.replicas 2 of 3, no unclean leader election.")
     kafka_topic: str = Field(default="iot-messages", description="Topic of good messages.")
     kafka_dlq_topic: str = Field(default="iot-messages-dlq", description="Topic of dead letters.")
     kafka_partitions: int = Field(default=6, ge=1, description="Partitions of the messages topic.")
     kafka_retention_ms: int = Field(default=THREE_DAYS_MS, gt=0, description="Retention of both topics.")
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(default="lz4", description="Producer compression.")
-    kafka_key_mode: Literal["tenant", "tenant_project"] = Field(default="tenant", description="Record key: tenant id, or tenant/project.")
+    kafka_key_mode: Literal["device", "tenant", "tenant_project"] = Field(default="device", description="Record key, hence partition and the order Kafka keeps: device (the topic after the grammar's leading literal levels, tenant/project/device/...: per-device order, load spread over the partitions), tenant (per-tenant order, a large tenant is one hot partition) or tenant/project.")
     kafka_linger_ms: int = Field(default=5, ge=0, description="Producer linger.")
     kafka_delivery_timeout_ms: int = Field(default=120_000, gt=0, description="Producer delivery timeout; a timed-out message is retried, never acked.")
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0, description="Timeout of one Kafka request.")
@@ -116,6 +119,7 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, description="Dagster webserver port.")
     exit_with_parent: bool = Field(default=False, description="A service stops when the process that started it dies (set under Dagster).")
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
+    consumer_replicas: int = Field(default=1, ge=1, description="Consumer replicas of the platform in its one group; replica i writes IOT_HOME/run/consumer-{i}.pid (replica 0: consumer.pid), which `dev status` reads.")
     service_stall_timeout_s: float = Field(default=300.0, gt=0, description="service_watchdog kills and relaunches a service that made no progress while work waited (unacked messages, records not stored) or stopped reporting for this long.")
     bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
     consumer_metrics_port: int = Field(default=9109, ge=0, description="Prometheus port of the consumer (0: off).")
@@ -154,6 +158,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _cluster_size(cls, value: int) -> int:
+        if value not in (1, 3):
+            raise ValueError(f"IOT_KAFKA_BROKERS {value}: 1 or 3 (a quorum of three tolerates one broker down; two would not)")
+        return value
 
     @field_validator("mqtt_url")
     @classmethod

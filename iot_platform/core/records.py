@@ -1,7 +1,8 @@
 """From one MQTT message to the one Kafka record the bridge produces for it.
 
-A good message becomes a record on the messages topic: key = tenant id (or ``tenant/project``),
-value = the payload bytes unchanged, headers = the envelope (core/envelope.py). Anything else
+A good message becomes a record on the messages topic: value = the payload bytes unchanged, headers =
+the envelope (core/envelope.py), key = what Kafka keeps in order (``IOT_KAFKA_KEY_MODE``, see
+:func:`record_key`). Every copy of a message has the same topic, hence the same key and partition. Anything else
 becomes a dead letter on the dead-letter topic, with a ``reason`` header and the original bytes.
 Only a dead letter that could not fit in Kafka's maximum message size is cut, and then it says so:
 ``truncated=1`` and ``original_size`` (the marker travels in headers so the bytes stay a prefix of
@@ -37,6 +38,8 @@ KAFKA_REJECTED = "kafka_rejected"
 RECORD_OVERHEAD_BYTES = 512
 HEADER_OVERHEAD_BYTES = 10
 
+KeyMode = Literal["device", "tenant", "tenant_project"]
+
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
@@ -67,7 +70,7 @@ class RecordRules:
     grammar: TopicGrammar
     messages_topic: str
     dead_letter_topic: str
-    key_mode: Literal["tenant", "tenant_project"]
+    key_mode: KeyMode
     max_payload_bytes: int
     max_message_bytes: int
     bridge_id: str
@@ -85,7 +88,16 @@ class RecordRules:
         )
 
 
-def record_key(match: TopicMatch, key_mode: Literal["tenant", "tenant_project"]) -> bytes:
+def record_key(topic: str, match: TopicMatch, key_mode: KeyMode, prefix: str) -> bytes:
+    """The key of a good message on ``topic`` (which starts with the grammar's literal ``prefix``).
+
+    ``device``: the topic after the prefix (``tenant/project/device/...``): one device's messages
+    share a key, so Kafka keeps their order, and the fleet spreads over every partition.
+    ``tenant``: the tenant id: one tenant's messages in order, and all of them on one partition (a
+    large tenant is a hot partition). ``tenant_project``: ``tenant/project``.
+    """
+    if key_mode == "device":
+        return topic[len(prefix):].encode()
     if key_mode == "tenant_project":
         return f"{match.tenant_id}/{match.project_id}".encode()
     return match.tenant_id.encode()
@@ -99,7 +111,7 @@ def _good_template(rules: RecordRules, topic: str, qos: int, retain: bool) -> tu
         return parsed
     envelope = Envelope(topic, parsed.tenant_id, parsed.project_id, qos, retain, 0, rules.bridge_id)
     headers = [header for header in encode_envelope(envelope) if header[0] != H_RECEIVED_AT_MS]
-    return record_key(parsed, rules.key_mode), headers
+    return record_key(topic, parsed, rules.key_mode, rules.grammar.prefix), headers
 
 
 def build_record(message: InboundMessage, rules: RecordRules) -> OutboundRecord:

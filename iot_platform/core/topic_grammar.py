@@ -66,6 +66,17 @@ def _level_regex(level: str, grammar: str, seen: set[str]) -> str:
     return "[^/]*"
 
 
+def literal_prefix(grammar: str) -> str:
+    """The grammar's leading literal levels, each with its ``/`` (``mtic/msg/client/realtime/``; empty
+    when the grammar starts with a placeholder): what every matching topic starts with (pure)."""
+    levels = []
+    for level in grammar.split("/"):
+        if _PLACEHOLDER.fullmatch(level):  # a valid grammar has one before any optional tail
+            break
+        levels.append(level + "/")
+    return "".join(levels)
+
+
 def _compile(grammar: str) -> re.Pattern[str]:
     body, any_suffix = (grammar[: -len(_ANY_SUFFIX)], True) if grammar.endswith(_ANY_SUFFIX) else (grammar, False)
     if not body:
@@ -85,6 +96,7 @@ class TopicGrammar:
         self.grammar = grammar
         self.id_pattern = id_pattern
         self._topic = _compile(grammar)
+        self.prefix = literal_prefix(grammar)
         try:
             self._id = re.compile(id_pattern)
         except re.error as exc:

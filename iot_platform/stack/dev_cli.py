@@ -25,8 +25,8 @@ def _progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    platform = LocalPlatform(settings, progress=_progress)
     try:
+        platform = LocalPlatform(settings, progress=_progress)
         if args.action == "up":
             platform.up(demo=settings.demo and not args.no_demo)
             _print_endpoints(platform.status(), settings)
@@ -44,13 +44,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _describe(status: dict) -> str:
     pids = ", ".join(f"{name}={pid or '-'}" for name, pid in status["pids"].items())
+    replicas = ", ".join(f"{name}={','.join(str(pid or '-') for pid in found)}" for name, found in status["replicas"].items())
     return (
         f"MQTT      {status['mqtt'].get('url') or 'mqtt://%s:%s' % (status['mqtt']['host'], status['mqtt']['port'])}"
         f"{'  (CA: ' + status['mqtt']['ca_file'] + ')' if status['mqtt'].get('ca_file') else ''}\n"
-        f"Kafka     {status['kafka']['bootstrap']}\n"
+        f"Kafka     {status['kafka']['bootstrap']}"
+        f"{'  (%d brokers)' % status['kafka']['brokers'] if status['kafka'].get('brokers', 1) > 1 else ''}\n"
         f"Postgres  {status['postgres']['dsn']}\n"
         f"Dagster   {status['dagster']['url']}\n"
-        f"pids      {pids}"
+        f"pids      {pids}\n"
+        f"replicas  {replicas}"
     )
 
 

@@ -1,14 +1,17 @@
-"""A private single-node Apache Kafka (KRaft) from jars resolved from Maven Central, and the topics.
+"""One Apache Kafka node (KRaft, broker and controller in one process) from jars resolved from Maven Central.
 
 The broker version is pinned in ``deploy/kafka/pom.xml``; Maven resolves the classpath once into
 ``~/.m2`` and we cache the resolved classpath beside the user's caches. The storage directory is
-formatted once and reused across restarts. Durability note: a single broker acknowledges
-``acks=all`` once the record is in its page cache, which survives a broker crash (SIGKILL) but not
-a machine crash; see the README.
+formatted once and reused across restarts. A node runs alone (the default) or as one of the three
+voters of a cluster (``stack/kafka_cluster.py``), which formats every node with one cluster id.
+Durability note: a single broker acknowledges ``acks=all`` once the record is in its page cache,
+which survives a broker crash (SIGKILL) but not a machine crash; three brokers hold every record on
+at least two of them (``min.insync.replicas=2``) before acknowledging it; see the README.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -21,10 +24,12 @@ from pathlib import Path
 from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, wait_until
-from iot_platform.stack.kafka_topics import ensure_topics  # re-exported: callers reach topics through the broker
+from iot_platform.stack.kafka_topics import ensure_topics, min_insync_replicas  # ensure_topics re-exported: callers reach topics through the broker
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
-HEAP = "-Xmx512m"
+# Maximum heap of one node: alone, 512 MiB (docs/design.md §4.4); one of three on the same machine,
+# 384 MiB each (measured resident size in docs/benchmarks.md).
+HEAP_MB = {1: 512, 3: 384}
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,17 @@ class KafkaConfig:
     message_max_bytes: int = 1_048_588
     retention_check_interval_ms: int = 300_000  # Kafka's default; tests of retention use seconds
     security: KafkaSecurity | None = None
+    node_id: int = 1
+    # The cluster's controller quorum, "id@host:port" per voter; empty: this node alone.
+    voters: tuple[str, ...] = ()
+
+    @property
+    def cluster_size(self) -> int:
+        return max(1, len(self.voters))
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return min_insync_replicas(self.cluster_size)
 
 
 def _security_properties(security: KafkaSecurity) -> dict[str, str]:
@@ -71,13 +87,15 @@ def _security_properties(security: KafkaSecurity) -> dict[str, str]:
 
 
 def render_server_properties(config: KafkaConfig) -> str:
-    """server.properties of a combined broker+controller node (pure)."""
+    """server.properties of a combined broker+controller node, alone or one of a cluster's voters (pure)."""
     advertised = config.advertised_port or config.port
     listener = "SASL_SSL" if config.security else "PLAINTEXT"
+    voters = ",".join(config.voters) or f"{config.node_id}@{config.host}:{config.controller_port}"
+    replicas, min_isr = str(config.cluster_size), str(config.min_insync_replicas)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{config.host}:{config.controller_port}",
+        "node.id": str(config.node_id),
+        "controller.quorum.voters": voters,
         "listeners": f"{listener}://{config.host}:{config.port},CONTROLLER://{config.host}:{config.controller_port}",
         "advertised.listeners": f"{listener}://{config.host}:{advertised}",
         "controller.listener.names": "CONTROLLER",
@@ -90,14 +108,17 @@ def render_server_properties(config: KafkaConfig) -> str:
         "log.retention.check.interval.ms": str(config.retention_check_interval_ms),
         "log.initial.task.delay.ms": str(min(30_000, config.retention_check_interval_ms)),
         "message.max.bytes": str(config.message_max_bytes),
-        # One node: every internal topic has a single replica.
-        "offsets.topic.replication.factor": "1",
+        # Internal topics (group offsets above all) are replicated like ours: on every broker, 1 or 3.
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "6",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "min.insync.replicas": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        # Kafka's default, stated: a replica that missed acknowledged records never becomes leader.
+        "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
         "num.network.threads": "2",
         "num.io.threads": "4",
@@ -133,22 +154,34 @@ def kafka_classpath(cache_dir: Path | None = None) -> str:
 
 
 class KafkaServer:
-    """Kafka on ``127.0.0.1:port`` (controller on ``controller_port``), data and logs under ``workdir``."""
+    """One Kafka node on ``host:port`` (controller on ``controller_port``), data and logs under ``workdir``.
+
+    Alone (the default) it is its own controller quorum. As node ``node_id`` of a cluster it gets the
+    quorum's ``voters`` and the ``cluster_id`` every node is formatted with; :meth:`launch` then
+    starts it without waiting, since no node is ready before a majority of the voters runs
+    (``stack/kafka_cluster.py`` launches them all, then waits)."""
 
     def __init__(
         self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None,
         retention_check_interval_ms: int = 300_000, security: KafkaSecurity | None = None,
+        host: str = "127.0.0.1", node_id: int = 1, voters: tuple[str, ...] = (), cluster_id: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.config = KafkaConfig(
-            port=port, controller_port=controller_port, data_dir=self.workdir / "data", advertised_port=advertised_port,
-            retention_check_interval_ms=retention_check_interval_ms, security=security,
+            port=port, controller_port=controller_port, data_dir=self.workdir / "data", host=host,
+            advertised_port=advertised_port, retention_check_interval_ms=retention_check_interval_ms,
+            security=security, node_id=node_id, voters=voters,
         )
+        self.cluster_id = cluster_id
         self.pid: int | None = None
 
     @property
     def port(self) -> int:
         return self.config.port
+
+    @property
+    def node_id(self) -> int:
+        return self.config.node_id
 
     @property
     def bootstrap(self) -> str:
@@ -160,20 +193,14 @@ class KafkaServer:
 
     def client_config(self) -> dict[str, str]:
         """librdkafka properties of a client with the broker's own (admin) credentials."""
-        config = {"bootstrap.servers": self.bootstrap}
-        security = self.config.security
-        if security is not None:
-            config |= {
-                "security.protocol": "SASL_SSL", "sasl.mechanism": security.mechanism, "sasl.username": security.username,
-                "sasl.password": security.password, "ssl.ca.location": str(security.tls.ca),
-            }
-        return config
+        return client_config(self.bootstrap, self.config.security)
 
     def _java(self, main_class: str, *args: str) -> list[str]:
         java = require_binary("java", "install a JDK 17+ (sudo apt-get install openjdk-17-jre-headless)")
+        heap = HEAP_MB[3 if self.config.cluster_size >= 3 else 1]
         return [
             java,
-            HEAP,
+            f"-Xmx{heap}m",
             "-Xms256m",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
@@ -192,8 +219,9 @@ class KafkaServer:
         scram = (
             ["--add-scram", f"{security.mechanism}=[name={security.username},password={security.password}]"] if security else []
         )
+        cluster_id = self.cluster_id or new_cluster_id()
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "--config", str(properties), *scram),
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(properties), *scram),
             capture_output=True,
             text=True,
             timeout=120,
@@ -201,7 +229,8 @@ class KafkaServer:
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
-    def start(self, timeout_s: float = 90.0) -> "KafkaServer":
+    def launch(self) -> "KafkaServer":
+        """Format the storage once and start the process; returns without waiting for readiness."""
         if self.is_running():
             return self
         ensure_port_free(self.config.host, self.config.port, "IOT_KAFKA_BOOTSTRAP")
@@ -216,17 +245,26 @@ class KafkaServer:
         properties.write_text(render_server_properties(self.config))
         os.chmod(properties, 0o600)  # holds the broker's SCRAM password when secured
         self._format_once(properties)
-        process = spawn(self._java("kafka.Kafka", str(properties)), self.workdir / "kafka.stdout.log")
-        self.pid = process.pid
+        self.pid = spawn(self._java("kafka.Kafka", str(properties)), self.workdir / "kafka.stdout.log").pid
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> "KafkaServer":
+        """Return once this node answers metadata requests and is a registered broker of its cluster."""
         wait_until(
-            lambda: broker_ready(self.client_config()),
+            lambda: self.node_id in registered_brokers(self.client_config()),
             timeout_s=timeout_s,
-            what="kafka",
-            alive=lambda: process.poll() is None,
+            what=f"kafka node {self.node_id}" if self.config.voters else "kafka",
+            alive=self.is_running,
             log_path=self.log_path,
             interval_s=0.5,
         )
         return self
+
+    def start(self, timeout_s: float = 90.0) -> "KafkaServer":
+        """Launch and wait until ready (a cluster's node: once the others of its quorum run)."""
+        if self.is_running():
+            return self
+        return self.launch().wait_ready(timeout_s)
 
     def is_running(self) -> bool:
         return pid_alive(self.pid)
@@ -246,10 +284,19 @@ class KafkaServer:
             os.killpg(self.pid, 18)  # SIGCONT
 
 
-def _cluster_id() -> str:
-    # Kafka wants a base64url UUID of 22 characters, as `kafka-storage random-uuid` prints.
-    import base64
+def client_config(bootstrap: str, security: KafkaSecurity | None) -> dict[str, str]:
+    """librdkafka properties of an admin client of our brokers (their own credentials when secured)."""
+    config = {"bootstrap.servers": bootstrap}
+    if security is not None:
+        config |= {
+            "security.protocol": "SASL_SSL", "sasl.mechanism": security.mechanism, "sasl.username": security.username,
+            "sasl.password": security.password, "ssl.ca.location": str(security.tls.ca),
+        }
+    return config
 
+
+def new_cluster_id() -> str:
+    """A cluster id as `kafka-storage random-uuid` prints it: a base64url UUID of 22 characters."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -258,20 +305,22 @@ _QUIET = logging.getLogger("iot_platform.stack.kafka.readiness")
 _QUIET.setLevel(logging.CRITICAL)
 
 
-def broker_ready(client_config: dict[str, str] | str, timeout_s: float = 3.0) -> bool:
-    """The broker answers metadata requests and has a controller (``client_config``: a bootstrap or librdkafka properties)."""
+def registered_brokers(client_config: dict[str, str] | str, timeout_s: float = 3.0) -> set[int]:
+    """Node ids of the brokers the cluster lists as alive (registered, unfenced) while it has a controller;
+    empty while it does not answer (``client_config``: a bootstrap or librdkafka properties)."""
     from confluent_kafka.admin import AdminClient
 
     config = {"bootstrap.servers": client_config} if isinstance(client_config, str) else dict(client_config)
     admin = AdminClient({**config, "socket.timeout.ms": int(timeout_s * 1000)}, logger=_QUIET)
     try:
         metadata = admin.list_topics(timeout=timeout_s)
-        return bool(metadata.brokers) and metadata.controller_id >= 0
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"
-        return False
+        return set()
+    return set(metadata.brokers) if metadata.controller_id >= 0 else set()
 
 
 def java_available() -> bool:
     return shutil.which("java") is not None
 
-__all__ = ["KafkaConfig", "KafkaSecurity", "KafkaServer", "broker_ready", "ensure_topics", "kafka_classpath", "render_server_properties"]
+__all__ = ["KafkaConfig", "KafkaSecurity", "KafkaServer", "client_config", "ensure_topics", "kafka_classpath",
+           "new_cluster_id", "registered_brokers", "render_server_properties"]

@@ -1,7 +1,7 @@
 """`iot-platform dev up | status | down`: the whole platform on one machine, each part a real server.
 
 State lives in ``IOT_HOME`` (default ``.iot/``): each server's data and log, and ``state.json``
-with the pids we started. ``up`` is safe to run twice (it starts only what is not running, and says
+with the pids we started (every Kafka node's: ``IOT_KAFKA_BROKERS`` is 1 or 3, ``stack/kafka_cluster.py``). ``up`` is safe to run twice (it starts only what is not running, and says
 so when everything runs) and, if any part fails, stops what this call started and shows that part's
 log. ``down`` stops, by pid, the processes recorded in ``state.json`` and nothing else.
 
@@ -24,17 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iot_platform.observability.instance_lock import AlreadyRunning, acquire, holder, record_holder
-from iot_platform.observability.pidfile import read_live_pid
+from iot_platform.observability.pidfile import live_replica_pids, read_live_pid, replica_pidfile_name
 from iot_platform.settings import Settings
 from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
 from iot_platform.access.connection import admin_credentials
 from iot_platform.stack.certs import server_certificate
-from iot_platform.stack.kafka import KafkaServer, ensure_topics
+from iot_platform.stack.kafka import ensure_topics
+from iot_platform.stack.kafka_cluster import KafkaCluster, formatted_sizes, local_node_addresses
 from iot_platform.stack.mosquitto import MosquittoServer
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.postgres import PostgresServer
-from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, wait_until
+from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, stop_groups, wait_until
 from iot_platform.stack.secrets import with_platform_secrets
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,30 @@ SERVERS = ("postgres", "kafka", "mosquitto", "dagster_webserver", "dagster_daemo
 
 @dataclass
 class PlatformState:
+    """The pids `dev up` started: one per part (``pids``; a cluster's first node), and every node of a
+    part that has several (``nodes``: Kafka's)."""
+
     pids: dict[str, int | None] = field(default_factory=dict)
+    nodes: dict[str, list[int | None]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, home: Path) -> "PlatformState":
         try:
-            return cls(pids=json.loads((home / "state.json").read_text())["pids"])
+            state = json.loads((home / "state.json").read_text())
+            return cls(pids=state["pids"], nodes=state.get("nodes", {}))
         except (OSError, ValueError, KeyError):
             return cls()
 
     def save(self, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)
-        (home / "state.json").write_text(json.dumps({"pids": self.pids}, indent=2) + "\n")
+        (home / "state.json").write_text(json.dumps({"pids": self.pids, "nodes": self.nodes}, indent=2) + "\n")
+
+    def all_pids(self, name: str) -> list[int | None]:
+        return self.nodes.get(name) or [self.pids.get(name)]
 
     def alive(self, name: str) -> bool:
-        return pid_alive(self.pids.get(name))
+        """Every process of the part runs (all of a cluster's nodes)."""
+        return all(pid_alive(pid) for pid in self.all_pids(name))
 
 
 class LocalPlatform:
@@ -77,14 +87,21 @@ class LocalPlatform:
         if "pg_sslmode" not in settings.model_fields_set and settings.pg_sslrootcert is None:
             # Our own server, our own CA: verify it fully unless told otherwise.
             settings = settings.model_copy(update={"pg_sslmode": "verify-full", "pg_sslrootcert": pg_tls.ca})
+        try:
+            nodes = local_node_addresses(settings.kafka_bootstrap, settings.kafka_controller_port, settings.kafka_brokers)
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
+        # Clients bootstrap through every node, so any one may be down.
+        settings = settings.model_copy(update={"kafka_bootstrap": ",".join(f"{n.host}:{n.port}" for n in nodes)})
         self.settings = settings
         self.home = settings.home
         self.logs = self.home / "logs"
         self.state = PlatformState.load(self.home)
         self.progress = progress or (lambda line: None)
-        kafka_port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
         self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host, tls=pg_tls)
-        self.kafka = KafkaServer(self.home / "kafka", kafka_port, settings.kafka_controller_port)
+        self.kafka = KafkaCluster(self.home / "kafka", nodes)
+        for node, pid in zip(self.kafka.nodes, self.state.all_pids("kafka")):
+            node.pid = pid
         self.mosquitto = MosquittoServer(
             self.home / "mosquitto",
             (settings.mqtt_plain_port or None) if settings.mqtt_tls else settings.mqtt_port,
@@ -173,10 +190,26 @@ class LocalPlatform:
         return self.postgres.pid
 
     def _start_kafka(self) -> int | None:
+        self._refuse_other_cluster_layout()
         self.kafka.start()
+        self.state.nodes["kafka"] = self.kafka.pids
+        if self.kafka.size > 1:
+            self.progress(f"kafka: {self.kafka.size} brokers at {self.kafka.bootstrap} (pids {', '.join(map(str, self.kafka.pids))})")
         for change in ensure_topics(self.settings):
             self.progress(f"kafka: {change}")
-        return self.kafka.pid
+        return self.kafka.pids[0]
+
+    def _refuse_other_cluster_layout(self) -> None:
+        """A home whose Kafka has the other size would start an empty cluster while iot.ingest_offsets
+        points into the old one (the consumer would skip to offsets the new topics do not have)."""
+        sizes = formatted_sizes(self.kafka.workdir)
+        if sizes and self.kafka.size not in sizes:
+            raise StackError(
+                f"{self.kafka.workdir} holds the Kafka of IOT_KAFKA_BROKERS={sizes[0]}, not {self.kafka.size}: a new "
+                "cluster would start empty while the consumer's stored offsets point into the old one. Keep "
+                f"IOT_KAFKA_BROKERS={sizes[0]}, or use another IOT_HOME (or `iot-platform dev down` and remove "
+                f"{self.home}) to start over"
+            )
 
     def _start_mosquitto(self) -> int | None:
         return self.mosquitto.start().pid
@@ -226,19 +259,29 @@ class LocalPlatform:
         return spawn(argv, self.logs / "simulator.log", env=self.settings.child_env()).pid
 
     # -- status / down ----------------------------------------------------------------------------
+    def replica_pids(self, name: str) -> list[int | None]:
+        """The live pid of every replica of a service (index < IOT_BRIDGE_REPLICAS / IOT_CONSUMER_REPLICAS,
+        None where its pid file names no live process), or of every Kafka node, in index order."""
+        if name == "kafka":
+            return [pid if pid_alive(pid) else None for pid in self.state.all_pids("kafka")]
+        count = {"bridge": self.settings.bridge_replicas, "consumer": self.settings.consumer_replicas}[name]
+        return [read_live_pid(self.home, replica_pidfile_name(name, index)) for index in range(count)]
+
     def status(self) -> dict:
         pids: dict[str, int | None] = {n: p if pid_alive(p) else None for n, p in self.state.pids.items()}
         for name in SERVICES:
-            pids[name] = read_live_pid(self.home, name)
+            pids[name] = read_live_pid(self.home, name)  # replica 0 under the service's own name
         return {
             "mqtt": {"host": self.settings.mqtt_host, "port": self.settings.mqtt_port, "url": self.settings.mqtt_url,
                      "ca_file": str(self.settings.mqtt_ca_file) if self.settings.mqtt_ca_file else None,
                      "plain_port": self.settings.mqtt_plain_port or None},
-            "kafka": {"bootstrap": self.settings.kafka_bootstrap, "topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic]},
+            "kafka": {"bootstrap": self.settings.kafka_bootstrap, "brokers": self.kafka.size,
+                      "topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic]},
             "postgres": {"dsn": self.settings.pg_dsn(with_password=False)},
             "dagster": {"url": self.settings.dagster_url},
             "home": str(self.home),
             "pids": pids,
+            "replicas": {name: self.replica_pids(name) for name in (*SERVICES, "kafka")},
         }
 
     def down(self) -> list[str]:
@@ -248,17 +291,18 @@ class LocalPlatform:
     def _down(self) -> list[str]:
         stopped = []
         for name in STOP_ORDER:
-            if self.state.alive(name):
+            if any(pid_alive(pid) for pid in self.state.all_pids(name)):
                 self.progress(f"{name}: stopping (pid {self.state.pids[name]})")
                 self._stop(name)
                 stopped.append(name)
         # Services normally leave with the daemon's process group; a survivor is ours too.
+        # Every replica that left a live pid file, also one above today's IOT_*_REPLICAS.
         for name in SERVICES:
-            pid = read_live_pid(self.home, name)
-            if pid:
-                self.progress(f"{name}: stopping (pid {pid})")
+            for index, pid in live_replica_pids(self.home, name).items():
+                label = name if index == 0 else f"{name} replica {index}"
+                self.progress(f"{label}: stopping (pid {pid})")
                 stop_group(pid)
-                stopped.append(name)
+                stopped.append(label)
         self.state.pids = {}
         self.state.save(self.home)
         return stopped
@@ -267,8 +311,10 @@ class LocalPlatform:
         if name == "postgres":
             self.postgres.stop(mode="fast")
         else:
-            stop_group(self.state.pids.get(name), timeout_s=30)
+            # A cluster's nodes all at once: one by one, the last would wait for a quorum that is leaving.
+            stop_groups(self.state.all_pids(name), timeout_s=30)
         self.state.pids[name] = None
+        self.state.nodes.pop(name, None)
         self.state.save(self.home)
 
 

@@ -110,6 +110,18 @@ def stop_group(pid: int | None, timeout_s: float = 20.0) -> None:
     _wait_gone(pid, 5.0)
 
 
+def stop_groups(pids: Sequence[int | None], timeout_s: float = 20.0) -> None:
+    """:func:`stop_group` for several groups at once: all get SIGTERM together, so the wait is one ``timeout_s``."""
+    alive = [pid for pid in pids if pid is not None and pid_alive(pid)]
+    for pid in alive:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(pid_alive(p) or _group_alive(p) for p in alive):
+        time.sleep(0.1)
+    for pid in alive:
+        stop_group(pid, timeout_s=0)
+
+
 def _signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)

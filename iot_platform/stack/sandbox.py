@@ -4,7 +4,8 @@ temporary directory, the services as real ``iot-platform`` subprocesses, and a r
 The servers are secured like the platform's (Mosquitto: credentials on every listener, TLS with a
 private CA; each ``settings()`` provisions its own bridge and test publisher) and can sit behind
 :class:`~iot_platform.stack.tcp_proxy.TcpProxy` instances (Kafka then advertises the proxy's port, so
-every client's traffic crosses it). The bridge and the consumer run in sessions of their own, so a
+every client's traffic crosses it). Kafka is one broker, or three (``kafka_brokers=3``: one KRaft
+quorum, topics with three replicas and ``min.insync.replicas=2``, as `dev up` runs them). The bridge and the consumer run in sessions of their own, so a
 SIGKILL hits exactly them. The fault tests (``iot_platform_tests/faults/``) and ``benchmarks/`` share it.
 """
 
@@ -32,7 +33,8 @@ from iot_platform.devices.simulate import new_run_id, simulate
 from iot_platform.settings import Settings
 from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.databases import ensure_platform_role_and_databases
-from iot_platform.stack.kafka import KafkaServer, ensure_topics
+from iot_platform.stack.kafka import ensure_topics
+from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress
 from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
 from iot_platform.stack.postgres import PostgresServer
@@ -42,13 +44,15 @@ from iot_platform.storage.migrate import apply_migrations
 
 @dataclass
 class PrivateStack:
-    """Mosquitto, Kafka and PostgreSQL of our own; optionally Kafka and/or PostgreSQL behind a proxy."""
+    """Mosquitto, Kafka (1 or 3 brokers) and PostgreSQL of our own; optionally Kafka (one broker) and/or
+    PostgreSQL behind a proxy."""
 
     root: Path
     kafka_proxy: bool = False
     pg_proxy: bool = False
+    kafka_brokers: int = 1
     mosquitto: MosquittoServer = field(init=False)
-    kafka: KafkaServer = field(init=False)
+    kafka: KafkaCluster = field(init=False)
     postgres: PostgresServer = field(init=False)
     kafka_tcp: TcpProxy | None = field(init=False, default=None)
     pg_tcp: TcpProxy | None = field(init=False, default=None)
@@ -58,13 +62,16 @@ class PrivateStack:
             self.root / "mosquitto", free_port(), admin=new_admin(), tls_port=free_port(),
             tls=server_certificate(self.root / "tls", "mosquitto"),
         )
+        if self.kafka_proxy and self.kafka_brokers != 1:
+            raise ValueError("a Kafka proxy stands in front of one broker only")
         proxy_port = free_port() if self.kafka_proxy else None
-        self.kafka = KafkaServer(self.root / "kafka", free_port(), free_port(), advertised_port=proxy_port)
+        nodes = [NodeAddress("127.0.0.1", free_port(), free_port(), proxy_port) for _ in range(self.kafka_brokers)]
+        self.kafka = KafkaCluster(self.root / "kafka", nodes)
         self.postgres = PostgresServer(self.root / "postgres", free_port())
         try:
             self.mosquitto.start()
             if proxy_port is not None:
-                self.kafka_tcp = TcpProxy(proxy_port, "127.0.0.1", self.kafka.port).start()
+                self.kafka_tcp = TcpProxy(proxy_port, "127.0.0.1", nodes[0].port).start()
             self.kafka.start()
             self.postgres.start()
             if self.pg_proxy:
@@ -89,14 +96,14 @@ class PrivateStack:
     def settings(self, home: Path) -> Settings:
         """Settings isolated like the ``settings`` fixture: own topics, group, topic namespace, database."""
         tag = uuid.uuid4().hex[:10]
-        kafka_port = self.kafka_tcp.port if self.kafka_tcp else self.kafka.port
         settings = Settings(
             home=home,
             mqtt_url=self.mosquitto.url,
             mqtt_ca_file=self.mosquitto.ca_file,
             mqtt_admin_username=self.mosquitto.admin.username,
             mqtt_admin_password=self.mosquitto.admin.password,
-            kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+            kafka_bootstrap=f"127.0.0.1:{self.kafka_tcp.port}" if self.kafka_tcp else self.kafka.bootstrap,
+            kafka_brokers=self.kafka_brokers,
             pg_host="127.0.0.1",
             pg_port=self.pg_tcp.port if self.pg_tcp else self.postgres.port,
             bridge_metrics_port=0,

@@ -195,7 +195,8 @@ def telemetry(settings: Settings, count: int, tenants: int = 5) -> list[tuple[st
 
 
 def assert_all_present(settings: Settings, expected: list[tuple[str, bytes]], records: list[Record]) -> int:
-    """Each expected message is in Kafka with the right key and headers; returns the duplicate count."""
+    """Each expected message is in Kafka with the right key (the default ``device`` key: tenant/project/device)
+    and headers; returns the duplicate count."""
     by_value: dict[bytes, list[Record]] = collections.defaultdict(list)
     for record in records:
         by_value[record.value].append(record)
@@ -206,7 +207,7 @@ def assert_all_present(settings: Settings, expected: list[tuple[str, bytes]], re
             envelope = decode_envelope(record.headers)
             tenant, project = topic.split("/")[-3:-1]
             assert (envelope.mqtt_topic, envelope.tenant_id, envelope.project_id, envelope.qos) == (topic, tenant, project, 1)
-            assert record.key == tenant.encode()
+            assert record.key == "/".join(topic.split("/")[-3:]).encode()
     return sum(len(found) - 1 for found in by_value.values())
 
 

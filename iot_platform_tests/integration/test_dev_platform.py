@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 import uuid
 
@@ -84,6 +85,36 @@ def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
     assert status["kafka"]["bootstrap"] == env["IOT_KAFKA_BOOTSTRAP"]
     assert f":{env['IOT_PG_PORT']}/iot" in status["postgres"]["dsn"]
     assert status["dagster"]["url"].endswith(f":{env['IOT_DAGSTER_PORT']}")
+    # One replica of each service and one Kafka broker by default: replica 0 is the pid under the old name.
+    assert status["replicas"] == {name: [status["pids"][name]] for name in ("bridge", "consumer", "kafka")}
+    assert status["kafka"]["brokers"] == 1
+
+
+def test_status_lists_the_pid_of_every_replica_index_below_the_setting(dev_platform: dict) -> None:
+    """`dev status --json` reads a pid file per replica index < IOT_BRIDGE_REPLICAS / IOT_CONSUMER_REPLICAS:
+    a live one gives its pid, a missing or stale one null; `pids` keeps replica 0 under the old names."""
+    env, home = dev_platform["env"], dev_platform["home"]
+    run = home / "run"
+    replica = subprocess.Popen(["sleep", "120"])  # stands in for a live consumer replica 1
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    files = {run / "consumer-1.pid": replica.pid, run / "bridge-2.pid": gone.pid, run / "consumer-5.pid": replica.pid}
+    try:
+        for path, pid in files.items():
+            path.write_text(f"{pid}\n")
+        wide = {**env, "IOT_BRIDGE_REPLICAS": "3", "IOT_CONSUMER_REPLICAS": "2"}
+        status = wait_for(lambda: (s := json.loads(run_cli(wide, "dev", "status", "--json").stdout))["pids"]["bridge"]
+                          and s["pids"]["consumer"] and s, 90, "both services running")
+        assert status["replicas"]["bridge"] == [status["pids"]["bridge"], None, None]  # 1: no file, 2: stale
+        assert status["replicas"]["consumer"] == [status["pids"]["consumer"], replica.pid]  # index 5 >= 2: not read
+        assert status["replicas"]["kafka"] == [status["pids"]["kafka"]]
+        text = run_cli(wide, "dev", "status").stdout
+        assert f"consumer={status['pids']['consumer']},{replica.pid}" in text, text
+    finally:
+        replica.kill()
+        replica.wait()
+        for path in files:
+            path.unlink(missing_ok=True)
 
 
 def test_dev_up_leaves_schema_roles_and_dashboards_materialized(dev_platform: dict) -> None:

@@ -45,9 +45,8 @@ NAMESPACE = "iot"
 # IOT_* variables the manifests set before the code reads them. Each name here must NOT yet be a
 # setting (test_pending_variables_are_not_settings_yet goes red once it is: then delete it here).
 PENDING_SETTINGS = {
-    # issue 14 (replicas with stable identities; Kubernetes, not Dagster, supervises the services)
-    "IOT_REPLICA_INDEX", "IOT_BRIDGE_REPLICAS", "IOT_CONSUMER_REPLICAS", "IOT_MQTT_SHARE_GROUP",
-    "IOT_DAGSTER_SUPERVISES_SERVICES",
+    # issue 14 (the bridge's shared subscription; Kubernetes, not Dagster, supervises the services)
+    "IOT_MQTT_SHARE_GROUP", "IOT_DAGSTER_SUPERVISES_SERVICES",
 }
 
 
@@ -143,12 +142,15 @@ def test_validation_rejects_typos_and_wrong_types() -> None:
 
 
 def test_topics_match_the_settings_and_survive_a_broker() -> None:
-    """Topic names, partitions and configs are those of settings.py / stack/kafka_topics.py; RF 3, min ISR 2."""
-    settings = Settings()
+    """Topic names, partitions and configs are those of settings.py / stack/kafka_topics.py for three brokers
+    (the cluster the manifests run); RF 3, min ISR 2."""
+    settings = Settings(kafka_brokers=3)
     for spec in topic_specs(settings):
         topic = _find("KafkaTopic", spec.name)["spec"]
-        assert (topic["topicName"], topic["partitions"]) == (spec.name, spec.partitions)
-        assert {k: str(v) for k, v in topic["config"].items() if k in spec.configs} == spec.configs
+        assert (topic["topicName"], topic["partitions"], topic["replicas"]) == (spec.name, spec.partitions, spec.replication_factor)
+        # YAML reads `false` as a bool; Kafka's config value is the string "false".
+        as_kafka = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in topic["config"].items()}
+        assert {k: v for k, v in as_kafka.items() if k in spec.configs} == spec.configs
         assert topic["replicas"] == 3 and topic["config"]["min.insync.replicas"] == 2
         assert topic["config"]["unclean.leader.election.enable"] is False
     assert {d["spec"]["topicName"] for _, d in DOCUMENTS if d["kind"] == "KafkaTopic"} == {s.name for s in topic_specs(settings)}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import string
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from iot_platform.core.envelope import decode_dead_letter, decode_envelope
 from iot_platform.core.records import (
@@ -56,11 +59,50 @@ def test_good_message_keeps_bytes_and_carries_the_envelope() -> None:
     )
 
 
-@pytest.mark.parametrize(("mode", "key"), [("tenant", b"acme"), ("tenant_project", b"acme/p1")])
+@pytest.mark.parametrize(("mode", "key"), [("device", b"acme/p1/dev"), ("tenant", b"acme"), ("tenant_project", b"acme/p1")])
 def test_key_follows_key_mode(mode: str, key: bytes) -> None:
-    """The record key is the tenant id, or tenant/project when so configured."""
+    """The record key is the topic after the grammar's prefix (device), the tenant id, or tenant/project."""
     rules = dataclasses.replace(RULES, key_mode=mode)
     assert build_record(message(), rules).key == key
+
+
+def test_device_keys_are_the_default() -> None:
+    assert RecordRules.from_settings(Settings(bridge_id="x")).key_mode == "device"
+
+
+@pytest.mark.parametrize(
+    ("grammar", "topic", "key"),
+    [
+        (DEFAULT_TOPIC_GRAMMAR, "mtic/msg/client/realtime/acme/p1/sensor-7/telemetry", "acme/p1/sensor-7/telemetry"),
+        (DEFAULT_TOPIC_GRAMMAR, "mtic/msg/client/realtime/acme/p1", "acme/p1"),
+        ("tab12/mtic/msg/client/realtime/{tenant_id}/{project_id}[/...]", "tab12/mtic/msg/client/realtime/a/p/d", "a/p/d"),
+        ("{tenant_id}/{project_id}[/...]", "acme/p1/d", "acme/p1/d"),
+        ("site/{region}/{tenant_id}/{project_id}[/...]", "site/eu/acme/p1/d", "eu/acme/p1/d"),
+        ("d/{project_id}/x/{tenant_id}", "d/p1/x/acme", "p1/x/acme"),
+    ],
+)
+def test_device_key_is_the_topic_after_the_grammars_literal_prefix(grammar: str, topic: str, key: str) -> None:
+    """Whatever the grammar: the levels from its first placeholder on, byte for byte (levels and ids kept)."""
+    rules = dataclasses.replace(RULES, grammar=TopicGrammar(grammar, DEFAULT_ID_PATTERN), key_mode="device")
+    assert build_record(message(topic), rules).key == key.encode()
+
+
+def test_device_keys_keep_a_device_on_one_key_and_tell_devices_apart() -> None:
+    """Every message of a device (and both copies of a message the bridge produced twice) has one key,
+    hence one partition and Kafka's order; two devices of one tenant and project have two keys."""
+    rules = dataclasses.replace(RULES, key_mode="device")
+    topic = "mtic/msg/client/realtime/acme/p1/d1/telemetry"
+    first = build_record(InboundMessage(topic, b'{"msg_id": "1"}', 1, False, 1), rules)
+    copy = build_record(InboundMessage(topic, b'{"msg_id": "1"}', 1, False, 2), rules)
+    later = build_record(InboundMessage(topic, b'{"msg_id": "2"}', 1, True, 3), rules)
+    other = build_record(InboundMessage(topic.replace("/d1/", "/d2/"), b'{"msg_id": "1"}', 1, False, 1), rules)
+    assert first.key == copy.key == later.key != other.key
+
+
+def test_dead_letters_have_no_key_in_any_mode() -> None:
+    for mode in ("device", "tenant", "tenant_project"):
+        rules = dataclasses.replace(RULES, key_mode=mode)
+        assert build_record(message("elsewhere/acme/p1"), rules).key is None
 
 
 @pytest.mark.parametrize(
@@ -131,3 +173,17 @@ def test_rules_from_settings() -> None:
         "x",
     )
     assert rules.max_payload_bytes < rules.max_message_bytes
+
+
+_IDS = st.text(string.ascii_letters + string.digits + "_-", min_size=1, max_size=64)
+_LEVELS = st.lists(st.text(st.characters(exclude_characters="/+#\x00"), max_size=8), max_size=4)
+
+
+@given(tenant=_IDS, project=_IDS, rest=_LEVELS)
+def test_property_device_key_and_prefix_make_the_topic(tenant: str, project: str, rest: list[str]) -> None:
+    """For any good topic the device key is exactly its bytes after the prefix, starting with tenant/project."""
+    topic = "/".join(["mtic/msg/client/realtime", tenant, project, *rest])
+    key = build_record(message(topic), dataclasses.replace(RULES, key_mode="device")).key
+    assert key is not None
+    assert b"mtic/msg/client/realtime/" + key == topic.encode()
+    assert key.startswith(f"{tenant}/{project}".encode())

@@ -53,10 +53,12 @@ def test_as_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("IOT_MQTT_QOS", "2"), ("IOT_KAFKA_KEY_MODE", "device"), ("IOT_RETENTION_HOURS", "0"), ("IOT_KAFKA_COMPRESSION", "brotli")],
+    [("IOT_MQTT_QOS", "2"), ("IOT_KAFKA_KEY_MODE", "partition"), ("IOT_RETENTION_HOURS", "0"),
+     ("IOT_KAFKA_COMPRESSION", "brotli"), ("IOT_KAFKA_BROKERS", "2"), ("IOT_KAFKA_BROKERS", "0")],
 )
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
-    """QoS 2 is refused (docs/design.md §2.1), as are unknown modes and non-positive windows."""
+    """QoS 2 is refused (docs/design.md §2.1), as are unknown modes, non-positive windows and a Kafka
+    cluster of a size other than 1 or 3."""
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()

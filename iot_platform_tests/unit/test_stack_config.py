@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from iot_platform.settings import Settings
 from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.kafka import KafkaConfig, render_server_properties
+from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress, formatted_sizes, local_node_addresses, node_dir
 from iot_platform.stack.mosquitto import MosquittoConfig, render_config
+from iot_platform.stack.platform import LocalPlatform, PlatformState
 from iot_platform.stack.ports import ensure_port_free, free_port
 from iot_platform.stack.postgres import render_conf
 from iot_platform.stack.process import StackError
@@ -67,6 +73,7 @@ def test_kafka_properties_single_node_kraft(tmp_path: Path) -> None:
     assert props["auto.create.topics.enable"] == "false"
     assert props["log.retention.ms"] == "259200000"
     assert props["offsets.topic.replication.factor"] == props["transaction.state.log.replication.factor"] == "1"
+    assert props["min.insync.replicas"] == "1" and props["unclean.leader.election.enable"] == "false"
     assert props["log.dirs"] == str(tmp_path)
 
 
@@ -74,6 +81,63 @@ def test_kafka_properties_can_advertise_a_proxy(tmp_path: Path) -> None:
     text = render_server_properties(KafkaConfig(port=9092, controller_port=9093, data_dir=tmp_path, advertised_port=19092))
     assert "advertised.listeners=PLAINTEXT://127.0.0.1:19092\n" in text
     assert "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093\n" in text
+
+
+def test_kafka_properties_of_one_node_of_three(tmp_path: Path) -> None:
+    """Node 2 of a three-voter quorum: its own id, every voter, internal topics on 3 replicas, min ISR 2,
+    no unclean leader election (docs/design.md §1.3)."""
+    voters = ("1@127.0.0.1:9093", "2@127.0.0.1:9095", "3@127.0.0.1:9097")
+    config = KafkaConfig(port=9094, controller_port=9095, data_dir=tmp_path, node_id=2, voters=voters)
+    props = dict(line.split("=", 1) for line in render_server_properties(config).splitlines())
+    assert props["node.id"] == "2" and props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == ",".join(voters)
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095"
+    for name in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                 "share.coordinator.state.topic.replication.factor", "default.replication.factor"):
+        assert props[name] == "3", name
+    assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+    assert props["unclean.leader.election.enable"] == "false"
+
+
+def test_dev_up_kafka_nodes_follow_the_bootstrap_and_controller_port() -> None:
+    """One address and 3 brokers: port pairs +0, +2, +4 from the defaults; three addresses: used as given,
+    controllers still + 2i; one broker: today's single address and controller port."""
+    assert local_node_addresses("127.0.0.1:9092", 9093, 1) == [NodeAddress("127.0.0.1", 9092, 9093)]
+    assert [(n.port, n.controller_port) for n in local_node_addresses("127.0.0.1:9092", 9093, 3)] == [
+        (9092, 9093), (9094, 9095), (9096, 9097)]
+    given = local_node_addresses("127.0.0.1:19092, 127.0.0.1:29092,127.0.0.1:39092", 19093, 3)
+    assert [(n.port, n.controller_port) for n in given] == [(19092, 19093), (29092, 19095), (39092, 19097)]
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "controller_port", "brokers", "message"),
+    [
+        ("127.0.0.1:9092,127.0.0.1:9094", 9093, 3, "lists 2 addresses for IOT_KAFKA_BROKERS=3"),
+        ("127.0.0.1:9092,127.0.0.1:9094", 9093, 1, "lists 2 addresses for IOT_KAFKA_BROKERS=1"),
+        ("127.0.0.1:9092", 9094, 3, "ports collide"),
+        ("127.0.0.1:9092", 9092, 1, "ports collide"),
+        ("localhost", 9093, 1, "expected host:port"),
+        ("127.0.0.1:9092", 9093, 2, "1 or 3"),
+    ],
+)
+def test_dev_up_refuses_kafka_addresses_it_cannot_run(bootstrap: str, controller_port: int, brokers: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        local_node_addresses(bootstrap, controller_port, brokers)
+
+
+def test_a_cluster_layout_of_the_other_size_is_recognised(tmp_path: Path) -> None:
+    """One broker keeps today's layout (IOT_HOME/kafka/data), three live in node-{1,2,3}: dev up can tell
+    which size a home's Kafka was formatted with before it starts an empty cluster of the other size."""
+    assert formatted_sizes(tmp_path) == []
+    (node_dir(tmp_path, 2, 3) / "data").mkdir(parents=True)
+    (node_dir(tmp_path, 2, 3) / "data" / "meta.properties").write_text("cluster.id=x\n")
+    assert formatted_sizes(tmp_path) == [3]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.properties").write_text("cluster.id=y\n")
+    assert formatted_sizes(tmp_path) == [1, 3]
+    nodes = KafkaCluster(tmp_path, local_node_addresses("127.0.0.1:9092", 9093, 3)).nodes
+    assert [n.workdir for n in nodes] == [tmp_path / "node-1", tmp_path / "node-2", tmp_path / "node-3"]
+    assert KafkaCluster(tmp_path, local_node_addresses("127.0.0.1:9092", 9093, 1)).nodes[0].workdir == tmp_path
 
 
 def test_postgres_conf_is_loopback_and_durable(tmp_path: Path) -> None:
@@ -92,3 +156,20 @@ def test_busy_port_names_the_setting() -> None:
         with pytest.raises(StackError, match=rf"127\.0\.0\.1:{port}.*IOT_PG_PORT"):
             ensure_port_free("127.0.0.1", port, "IOT_PG_PORT")
     ensure_port_free("127.0.0.1", free_port(), "IOT_PG_PORT")
+
+
+def test_status_lists_every_kafka_node_and_service_replica_of_a_home(tmp_path: Path) -> None:
+    """`dev status` of a three-broker home with two bridge replicas: a pid per Kafka node and per replica
+    index, null for a dead node or a missing pid file; `pids` keeps the first node and replica 0."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = os.getpid()
+    PlatformState(pids={"kafka": me}, nodes={"kafka": [me, dead.pid, me]}).save(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "bridge.pid").write_text(f"{me}\n")
+    (tmp_path / "run" / "consumer-1.pid").write_text(f"{me}\n")  # above IOT_CONSUMER_REPLICAS=1: not listed
+    platform = LocalPlatform(Settings(home=tmp_path, kafka_brokers=3, bridge_replicas=2))
+    status = platform.status()
+    assert status["replicas"] == {"bridge": [me, None], "consumer": [None], "kafka": [me, None, me]}
+    assert (status["pids"]["kafka"], status["pids"]["bridge"], status["pids"]["consumer"]) == (me, me, None)
+    assert status["kafka"]["brokers"] == 3

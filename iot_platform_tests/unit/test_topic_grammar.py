@@ -16,6 +16,7 @@ from iot_platform.core.topic_grammar import (
     Rejection,
     TopicGrammar,
     TopicMatch,
+    literal_prefix,
 )
 from iot_platform.settings import DEFAULT_ID_PATTERN, DEFAULT_TOPIC_GRAMMAR
 
@@ -79,6 +80,16 @@ def test_prefixed_grammar_and_ignored_placeholders() -> None:
     grammar = TopicGrammar("t1a2/{site}/{project_id}/x/{tenant_id}[/...]", DEFAULT_ID_PATTERN)
     assert grammar.parse("t1a2/berlin/p/x/t/extra") == TopicMatch("t", "p")
     assert isinstance(grammar.parse("t1a2/berlin/p/y/t"), Rejection)
+
+
+@pytest.mark.parametrize(
+    ("grammar", "prefix"),
+    [(DEFAULT_TOPIC_GRAMMAR, "mtic/msg/client/realtime/"), ("{tenant_id}/{project_id}", ""),
+     ("t1a2/{site}/{project_id}/x/{tenant_id}[/...]", "t1a2/"), ("a/b/{project_id}/{tenant_id}", "a/b/")],
+)
+def test_literal_prefix_is_the_levels_before_the_first_placeholder(grammar: str, prefix: str) -> None:
+    """What every matching topic starts with (the device key is the rest of the topic)."""
+    assert literal_prefix(grammar) == prefix == TopicGrammar(grammar, DEFAULT_ID_PATTERN).prefix
 
 
 def test_custom_id_pattern() -> None:

@@ -21,7 +21,7 @@ mqtt_telemetry = dg.AssetSpec(
 kafka_iot_messages = dg.AssetSpec(
     "kafka_iot_messages",
     deps=[mqtt_telemetry],
-    description="Kafka topic of accepted messages (keyed by tenant), written by the bridge; rejects go to the DLQ topic.",
+    description="Kafka topic of accepted messages (keyed by device by default: IOT_KAFKA_KEY_MODE), written by the bridge; rejects go to the DLQ topic.",
     group_name=INGEST_GROUP,
     kinds={"kafka"},
 )
