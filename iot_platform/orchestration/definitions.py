@@ -15,7 +15,7 @@ from iot_platform.orchestration.assets.sources import SOURCE_SPECS
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import ALL_CHECKS
 from iot_platform.orchestration.observer import platform_observer
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import platform_resources
 from iot_platform.orchestration.schedules import JOBS, SCHEDULES
 from iot_platform.orchestration.services import SERVICE_JOBS, pipes_client
 from iot_platform.orchestration.watchdog import service_watchdog
@@ -26,5 +26,5 @@ defs = dg.Definitions(
     jobs=[*SERVICE_JOBS.values(), *JOBS],
     schedules=SCHEDULES,
     sensors=[service_watchdog, platform_observer],
-    resources={"platform": PlatformSettings(), "pipes": pipes_client},
+    resources={**platform_resources(), "pipes": pipes_client},
 )

@@ -15,7 +15,7 @@ import dagster as dg
 
 from iot_platform.observability.pidfile import read_live_pid
 from iot_platform.orchestration.assets.sources import iot_messages, kafka_iot_messages
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 from iot_platform.orchestration.services import BRIDGE, CONSUMER
 from iot_platform.settings import Settings
 from iot_platform.storage.audit import consumed_offsets
@@ -98,8 +98,10 @@ def observations(settings: Settings, snapshot: Snapshot, previous: dict | None, 
 
 @dg.sensor(name="platform_observer", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Observes Kafka end offsets, consumer lag, rates and service liveness.")
-def platform_observer(context: dg.SensorEvaluationContext, platform: PlatformSettings) -> dg.SensorResult:
-    settings, errors = platform.get(), {}
+def platform_observer(
+    context: dg.SensorEvaluationContext, platform: PlatformSettings, postgres: PostgresResource
+) -> dg.SensorResult:
+    settings, errors = platform.get(postgres), {}
     snapshot = take_snapshot(settings, errors)
     previous = json.loads(context.cursor) if context.cursor else None
     events = observations(settings, snapshot, previous, errors)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 
 SERVICE_TAG = "iot/service"
 WORKER_PID_TAG = "iot/worker_pid"
@@ -43,11 +43,12 @@ def service_command(service: Service) -> list[str]:
 
 def _service_job(service: Service) -> dg.JobDefinition:
     @dg.op(name=f"run_{service.name}", description=service.description)
-    def run_service(context: dg.OpExecutionContext, platform: PlatformSettings, pipes: dg.PipesSubprocessClient) -> None:
+    def run_service(context: dg.OpExecutionContext, platform: PlatformSettings, postgres: PostgresResource,
+                    pipes: dg.PipesSubprocessClient) -> None:
         # in_process_executor: this op runs in the run worker itself, so this pid is the worker's.
         context.instance.add_run_tags(context.run_id, {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()})
         context.log.info(f"starting {service.name}: {' '.join(service_command(service))}")
-        pipes.run(context=context, command=service_command(service), env=platform.child_env())
+        pipes.run(context=context, command=service_command(service), env={**platform.child_env(), **postgres.child_env()})
 
     @dg.job(
         name=service.job_name,

@@ -18,7 +18,7 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from iot_platform.orchestration.definitions import defs
 from iot_platform.orchestration.observer import Snapshot, lag, rate
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import DATABASE_FIELDS, PlatformSettings, PostgresResource, platform_resources
 from iot_platform.orchestration.schedules import hours_to_roll, rollup_hourly_schedule
 from iot_platform.orchestration.services import SERVICE_TAG, WORKER_HOST_TAG, WORKER_PID_TAG
 from iot_platform.observability.progress import ProgressFile, ProgressReport, next_progress_at, read_reports
@@ -133,7 +133,7 @@ def _dead_pid() -> int:
 
 
 def _sensor_context(instance: dg.DagsterInstance, home: Path) -> dg.SensorEvaluationContext:
-    return dg.build_sensor_context(instance=instance, resources={"platform": PlatformSettings.from_settings(Settings(home=home))})
+    return dg.build_sensor_context(instance=instance, resources=platform_resources(Settings(home=home)))
 
 
 def test_watchdog_sensor_starts_missing_services_and_replaces_dead_runs(tmp_path: Path) -> None:
@@ -319,14 +319,47 @@ def test_rate_needs_a_previous_tick() -> None:
     assert rate({"at": 100.0, "produced": None}, 1600, 160.0, "produced") is None
 
 
-def test_platform_settings_round_trip_and_child_env(tmp_path) -> None:  # noqa: ANN001
-    """Explicit settings survive the resource; services are told to exit with their parent."""
-    settings = Settings(home=tmp_path, pg_port=6543, pg_password="s3cret", kafka_topic="t-x")
-    resource = PlatformSettings.from_settings(settings)
-    again = resource.get()
+def test_explicit_settings_survive_the_resources_and_reach_the_services(tmp_path: Path) -> None:
+    """Settings handed in come back out of platform + postgres, and the services get them as IOT_* variables."""
+    settings = Settings(home=tmp_path, pg_port=6543, pg_password="s3cret", kafka_topic="t-x", pg_sslrootcert=tmp_path / "ca.pem")
+    resources = platform_resources(settings)
+    platform, postgres = resources["platform"], resources["postgres"]
+    assert isinstance(platform, PlatformSettings) and isinstance(postgres, PostgresResource)
+    again = platform.get(postgres)
     assert (again.pg_port, again.pg_password.get_secret_value(), again.kafka_topic, again.home) == (6543, "s3cret", "t-x", tmp_path)
-    assert resource.child_env()["IOT_EXIT_WITH_PARENT"] == "true"
+    assert again.pg_sslrootcert == tmp_path / "ca.pem"
+    env = {**platform.child_env(), **postgres.child_env()}
+    assert (env["IOT_PG_PORT"], env["IOT_PG_PASSWORD"], env["IOT_KAFKA_TOPIC"], env["IOT_EXIT_WITH_PARENT"]) == ("6543", "s3cret", "t-x", "true")
     assert PlatformSettings().child_env() == {"IOT_EXIT_WITH_PARENT": "true"}
+
+
+def test_the_database_has_its_own_typed_resource_and_the_rest_no_free_form_dict() -> None:
+    """Every pg_* setting is a PostgresResource field with the same default; every other setting a typed
+    PlatformSettings field with its description; no field takes a dict."""
+    defaults = Settings.model_fields
+    for setting, field in DATABASE_FIELDS.items():
+        if setting != "pg_password":
+            assert PostgresResource.model_fields[field].default == defaults[setting].default, setting
+    assert set(PlatformSettings.model_fields) == set(defaults) - set(DATABASE_FIELDS)
+    for name, field in PlatformSettings.model_fields.items():
+        assert field.description == defaults[name].description and "dict" not in str(field.annotation), name
+
+
+def test_code_location_resources_show_the_environment_and_hide_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set variables become configuration; secrets stay dg.EnvVar references; with nothing set the defaults load."""
+    for name in [n for n in os.environ if n.startswith("IOT_")]:
+        monkeypatch.delenv(name)
+    resources = platform_resources()
+    assert resources["postgres"].port == 5432 and resources["platform"].explicit_values() == {}
+    monkeypatch.setenv("IOT_PG_HOST", "db.internal")
+    monkeypatch.setenv("IOT_PG_PASSWORD", "hunter2")
+    monkeypatch.setenv("IOT_KAFKA_TOPIC", "t-env")
+    monkeypatch.setenv("IOT_GRAFANA_PASSWORD", "g-secret")
+    resources = platform_resources()
+    platform, postgres = resources["platform"], resources["postgres"]
+    assert postgres.host == "db.internal" and isinstance(postgres.password, dg.EnvVar) and postgres.password == "IOT_PG_PASSWORD"
+    assert platform.kafka_topic == "t-env" and isinstance(platform.grafana_password, dg.EnvVar)
+    assert "hunter2" not in repr(resources) and "g-secret" not in repr(resources)
 
 
 # -- the code location ----------------------------------------------------------------------------
