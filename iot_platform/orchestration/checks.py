@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from iot_platform.devices.backlog import PartitionBacklog, kafka_backlog
-from iot_platform.core.rollup import hour_of
-from iot_platform.orchestration.assets.rollups import HOURLY, iot_rollup_hourly
+from iot_platform.core.rollup_math import hour_of
+from iot_platform.orchestration.assets.rollup_assets import HOURLY, iot_rollup_hourly
 from iot_platform.orchestration.assets.sources import iot_messages
 from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 from iot_platform.storage.audit import expired_offsets, ingest_activity, kafka_coverage, rollup_differences

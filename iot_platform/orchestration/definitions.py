@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from iot_platform.orchestration.assets.access import broker_access, broker_access_matches_registry, device_registry
-from iot_platform.orchestration.assets.rollups import iot_rollup_hourly
+from iot_platform.orchestration.assets.rollup_assets import iot_rollup_hourly
 from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 from iot_platform.orchestration.assets.sources import SOURCE_SPECS
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from iot_platform.core.rollup import RawMessage, hour_of, rollup
-from iot_platform.orchestration.assets.rollups import PARTITION_FORMAT, iot_rollup_hourly
+from iot_platform.core.rollup_math import RawMessage, hour_of, rollup
+from iot_platform.orchestration.assets.rollup_assets import PARTITION_FORMAT, iot_rollup_hourly
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import kafka_offsets_all_stored, rollup_hour_matches_raw
 from iot_platform.orchestration.definitions import defs

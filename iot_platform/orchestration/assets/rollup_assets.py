@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
-from iot_platform.storage.rollups import refresh_hour
+from iot_platform.storage.rollup_sql import refresh_hour
 
 ANALYTICS_GROUP = "analytics"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
