@@ -1,7 +1,8 @@
 """Pid files of the long-running services, so `iot-platform dev status` can show their pids.
 
-A service writes ``{IOT_HOME}/run/{name}.pid`` when it starts and removes it when it exits. A
-stale file (its process gone) is reported as not running, never trusted blindly.
+A service writes ``{IOT_HOME}/run/{name}.pid`` when it starts and removes it when it exits; replica
+``i > 0`` of a service writes ``{name}-{i}.pid`` (replica 0 keeps the single service's name, which
+older tools read). A stale file (its process gone) is reported as not running, never trusted blindly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,21 @@ from iot_platform.observability.lifecycle import pid_alive
 
 def pidfile_path(home: Path, name: str) -> Path:
     return home / "run" / f"{name}.pid"
+
+
+def replica_pidfile_name(name: str, index: int) -> str:
+    """``bridge`` for replica 0, ``bridge-2`` for replica 2."""
+    return name if index == 0 else f"{name}-{index}"
+
+
+def live_replica_pids(home: Path, name: str) -> dict[int, int]:
+    """Replica index -> pid of every replica of ``name`` whose pid file names a live process."""
+    found = {0: read_live_pid(home, name)}
+    for path in (home / "run").glob(f"{name}-*.pid"):
+        index = path.stem[len(name) + 1:]
+        if index.isdigit():
+            found[int(index)] = read_live_pid(home, path.stem)
+    return {index: pid for index, pid in sorted(found.items()) if pid is not None}
 
 
 def read_live_pid(home: Path, name: str) -> int | None:

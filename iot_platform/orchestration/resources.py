@@ -8,7 +8,8 @@ object so the two cannot drift. Unset fields take the process's ``IOT_*`` enviro
 setting's default) when the resource is used.
 
 :func:`platform_resources` builds both from the ``IOT_*`` environment for the code location:
-values are shown in the UI, secrets only as ``dg.EnvVar`` references. Tests hand explicit settings
+values are shown in the UI, secrets only as ``dg.EnvVar`` references (or masked, when a secret
+takes its default). Tests hand explicit settings
 in through the same function (``platform_resources(settings)``); the same values then reach the
 service subprocesses. Nothing is required: ``dg check defs`` and ``dg dev`` load with no variable set.
 """
@@ -33,6 +34,9 @@ DATABASE_FIELDS = {
     "pg_statement_timeout_ms": "statement_timeout_ms",
 }
 _DEFAULTS = Settings.model_fields
+# How dagster 1.13 marks a pythonic config field secret: the UI shows "****" for a value set in code
+# (read in dagster._config.pythonic_config.conversion_utils; a unit test checks it still holds).
+SECRET = {"dagster__is_secret": True}
 
 
 def _env_var(name: str) -> str:
@@ -45,7 +49,7 @@ class PostgresResource(dg.ConfigurableResource):
     host: str = Field(default=_DEFAULTS["pg_host"].default, description="PostgreSQL host (IOT_PG_HOST).")
     port: int = Field(default=_DEFAULTS["pg_port"].default, description="PostgreSQL port (IOT_PG_PORT).")
     user: str = Field(default=_DEFAULTS["pg_user"].default, description="The platform's role (IOT_PG_USER).")
-    password: str = Field(description="Its password; configure it as dg.EnvVar('IOT_PG_PASSWORD').")
+    password: str = Field(description="Its password; configure it as dg.EnvVar('IOT_PG_PASSWORD').", json_schema_extra=SECRET)
     database: str = Field(default=_DEFAULTS["pg_database"].default, description="Database of the telemetry (IOT_PG_DATABASE).")
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
         default=_DEFAULTS["pg_sslmode"].default, description="libpq sslmode (IOT_PG_SSLMODE).")
@@ -64,6 +68,11 @@ class PostgresResource(dg.ConfigurableResource):
         return {_env_var(setting): str(value) for setting, value in self.settings_values().items() if value is not None}
 
 
+def _is_secret(name: str) -> bool:
+    annotation = Settings.model_fields[name].annotation
+    return SecretStr in (annotation, *typing.get_args(annotation))
+
+
 def _config_type(annotation: Any) -> type:
     """The Dagster config type of a Settings annotation: str, int, float or bool (paths, secrets and choices as str)."""
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
@@ -75,7 +84,8 @@ _SettingsFields = create_model(  # type: ignore[call-overload]
     "_SettingsFields",
     __base__=dg.ConfigurableResource,
     **{
-        name: (_config_type(field.annotation) | None, Field(default=None, description=field.description))
+        name: (_config_type(field.annotation) | None,
+               Field(default=None, description=field.description, json_schema_extra=SECRET if _is_secret(name) else None))
         for name, field in Settings.model_fields.items() if name not in DATABASE_FIELDS
     },
 )
@@ -124,8 +134,7 @@ def platform_resources(settings: Settings | None = None) -> dict[str, dg.Configu
     environment, parsed = EnvSettingsSource(Settings)(), Settings()
     configured: dict[str, Any] = {}
     for name in environment:
-        secret = SecretStr in (Settings.model_fields[name].annotation, *typing.get_args(Settings.model_fields[name].annotation))
-        configured[name] = dg.EnvVar(_env_var(name)) if secret else _config_value(getattr(parsed, name))
+        configured[name] = dg.EnvVar(_env_var(name)) if _is_secret(name) else _config_value(getattr(parsed, name))
     database = {DATABASE_FIELDS[k]: _config_value(getattr(parsed, k)) for k in DATABASE_FIELDS if getattr(parsed, k) is not None}
     database |= {DATABASE_FIELDS[k]: v for k, v in configured.items() if k in DATABASE_FIELDS}
     return {

@@ -44,13 +44,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _describe(status: dict) -> str:
     pids = ", ".join(f"{name}={pid or '-'}" for name, pid in status["pids"].items())
+    replicas = ", ".join(f"{name}={','.join(map(str, found)) or '-'}" for name, found in status["replicas"].items())
     return (
         f"MQTT      {status['mqtt'].get('url') or 'mqtt://%s:%s' % (status['mqtt']['host'], status['mqtt']['port'])}"
         f"{'  (CA: ' + status['mqtt']['ca_file'] + ')' if status['mqtt'].get('ca_file') else ''}\n"
         f"Kafka     {status['kafka']['bootstrap']}\n"
         f"Postgres  {status['postgres']['dsn']}\n"
         f"Dagster   {status['dagster']['url']}\n"
-        f"pids      {pids}"
+        f"pids      {pids}\n"
+        f"replicas  {replicas}"
     )
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iot_platform.observability.instance_lock import AlreadyRunning, acquire, holder, record_holder
-from iot_platform.observability.pidfile import read_live_pid
+from iot_platform.observability.pidfile import live_replica_pids, read_live_pid
+from iot_platform.observability.replica_counts import counts_of, record_replica_counts
 from iot_platform.settings import Settings
 from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
@@ -114,14 +115,22 @@ class LocalPlatform:
         """Every part of this home's platform (and both services) is up already."""
         return (
             all(self.state.alive(name) for name in SERVERS)
-            and all(read_live_pid(self.home, name) for name in SERVICES)
+            and self._services_running()
             and (not demo or self.state.alive("simulator"))
         )
 
     def _up(self, demo: bool) -> None:
+        # Recorded first, also on a running platform: service_watchdog follows it (replica_counts.py).
+        for name, (before, after) in record_replica_counts(self.home, counts_of(self.settings)).items():
+            if before is not None:
+                self.progress(f"{name}: {before} -> {after} replicas; service_watchdog applies it within a minute")
         if self.running(demo):
             pids = ", ".join(f"{name} {self.state.pids[name]}" for name in SERVERS)
             self.progress(f"the platform in {self.home} is already running ({pids}); nothing started")
+            return
+        if all(self.state.alive(name) for name in SERVERS) and (not demo or self.state.alive("simulator")):
+            self.progress(f"the platform in {self.home} is running; waiting for every service replica")
+            self._wait_for_services()
             return
         platform_lock = self.home / "run" / "locks" / "platform.lock"
         daemon = holder(platform_lock)
@@ -207,19 +216,27 @@ class LocalPlatform:
         finally:
             os.close(fd)
 
+    def _replicas(self, name: str) -> int:
+        return {"bridge": self.settings.bridge_replicas, "consumer": self.settings.consumer_replicas}[name]
+
+    def _services_running(self) -> bool:
+        """Every replica of both services (IOT_BRIDGE_REPLICAS, IOT_CONSUMER_REPLICAS) has a live pid file."""
+        return all(set(range(self._replicas(name))) <= set(live_replica_pids(self.home, name)) for name in SERVICES)
+
     def _wait_for_services(self, timeout_s: float = 180.0) -> None:
         self.progress("dagster: waiting for the watchdog to start the bridge and the consumer ...")
         daemon = self.state.pids.get("dagster_daemon")
         wait_until(
-            lambda: all(read_live_pid(self.home, name) for name in SERVICES),
+            self._services_running,
             timeout_s=timeout_s,
-            what="bridge and consumer under Dagster",
+            what="bridge and consumer replicas under Dagster",
             alive=lambda: pid_alive(daemon),
             log_path=self.logs / "dagster-daemon.log",
             interval_s=1.0,
         )
         for name in SERVICES:
-            self.progress(f"{name}: running under Dagster (pid {read_live_pid(self.home, name)})")
+            pids = ", ".join(str(pid) for pid in live_replica_pids(self.home, name).values())
+            self.progress(f"{name}: running under Dagster (pid {pids})")
 
     def _start_demo_fleet(self) -> int:
         argv = [sys.executable, "-m", "iot_platform.cli", "simulate", "--demo"]
@@ -238,7 +255,11 @@ class LocalPlatform:
             "postgres": {"dsn": self.settings.pg_dsn(with_password=False)},
             "dagster": {"url": self.settings.dagster_url},
             "home": str(self.home),
-            "pids": pids,
+            "pids": pids,  # replica 0 of each service under its old name
+            "replicas": {
+                **{name: list(live_replica_pids(self.home, name).values()) for name in SERVICES},
+                "kafka": [pids["kafka"]] if pids.get("kafka") else [],
+            },
         }
 
     def down(self) -> list[str]:
@@ -254,11 +275,11 @@ class LocalPlatform:
                 stopped.append(name)
         # Services normally leave with the daemon's process group; a survivor is ours too.
         for name in SERVICES:
-            pid = read_live_pid(self.home, name)
-            if pid:
-                self.progress(f"{name}: stopping (pid {pid})")
+            for index, pid in live_replica_pids(self.home, name).items():
+                label = name if index == 0 else f"{name} replica {index}"
+                self.progress(f"{label}: stopping (pid {pid})")
                 stop_group(pid)
-                stopped.append(name)
+                stopped.append(label)
         self.state.pids = {}
         self.state.save(self.home)
         return stopped

@@ -70,7 +70,7 @@ def _stored(env: dict[str, str], payload: bytes) -> bool:
 
 
 def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
-    """status --json has the docs/design.md §3.1 shape, with live pids for every part and both services."""
+    """status --json has the docs/design.md §3.1 shape, with live pids for every part and both services, and per replica."""
     env = dev_platform["env"]
     parts = ("postgres", "kafka", "mosquitto", "dagster_webserver", "dagster_daemon", "bridge", "consumer")
 
@@ -84,6 +84,8 @@ def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
     assert status["kafka"]["bootstrap"] == env["IOT_KAFKA_BOOTSTRAP"]
     assert f":{env['IOT_PG_PORT']}/iot" in status["postgres"]["dsn"]
     assert status["dagster"]["url"].endswith(f":{env['IOT_DAGSTER_PORT']}")
+    # issue 14: every replica's pid, replica 0 first (one of each by default; pids keeps replica 0)
+    assert status["replicas"] == {name: [status["pids"][name]] for name in ("bridge", "consumer", "kafka")}
 
 
 def test_dev_up_leaves_schema_roles_and_dashboards_materialized(dev_platform: dict) -> None:
