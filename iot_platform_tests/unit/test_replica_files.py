@@ -1,4 +1,5 @@
-"""The files replicas leave under IOT_HOME: one pid file per replica, and the counts `dev up` records."""
+"""The files replicas leave under IOT_HOME (one pid file per replica, the counts `dev up` records), and
+`consumer --replica N`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from iot_platform import cli
+from iot_platform.consumer import cli as consumer_cli
 
 from iot_platform.observability.pidfile import live_replica_pids, pidfile, replica_pidfile_name
 from iot_platform.observability.replica_counts import desired_replicas, read_replica_counts, record_replica_counts, replica_counts_path
@@ -42,3 +48,14 @@ def test_an_unreadable_counts_file_falls_back_to_the_settings(tmp_path: Path) ->
         path.write_text(text)
         assert read_replica_counts(tmp_path) == {}
         assert desired_replicas(Settings(home=tmp_path, consumer_replicas=2)) == {"bridge": 1, "consumer": 2}
+
+
+def test_consumer_replica_flag_sets_the_replica_and_rejects_a_negative_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`consumer --replica 2` runs as IOT_REPLICA_INDEX=2 whatever the environment says; -1 exits 2 before anything starts."""
+    started: list[int] = []
+    monkeypatch.setattr(consumer_cli, "run_as_only_instance", lambda service, settings, body: started.append(settings.replica_index) or 0)
+    monkeypatch.setenv("IOT_HOME", str(tmp_path))
+    monkeypatch.setenv("IOT_REPLICA_INDEX", "1")
+    assert cli.main(["consumer", "--replica", "2"]) == 0 and started == [2]
+    assert cli.main(["consumer"]) == 0 and started == [2, 1]
+    assert cli.main(["consumer", "--replica", "-1"]) == 2 and started == [2, 1]
