@@ -84,8 +84,9 @@ def test_the_ui_shows_the_database_and_only_the_name_of_its_password(dev_platfor
                  configuredValues { key value type } assetKeysUsing { path } sensorsUsing } } }"""
     selector = {"repositoryLocationName": "iot_platform", "repositoryName": "__repository__", "resourceName": "postgres"}
     details = _q(dev_platform["url"], query, s=selector)["topLevelResourceDetailsOrError"]
-    values = {v["key"]: (v["value"], v["type"]) for v in details["configuredValues"]}
-    assert values["port"] == (dev_platform["env"]["IOT_PG_PORT"], "VALUE") and values["database"] == ("iot", "VALUE")
+    # A VALUE comes JSON-encoded ('"iot"', '5432'), an ENV_VAR as the variable's name.
+    values = {v["key"]: (json.loads(v["value"]) if v["type"] == "VALUE" else v["value"], v["type"]) for v in details["configuredValues"]}
+    assert values["port"] == (int(dev_platform["env"]["IOT_PG_PORT"]), "VALUE") and values["database"] == ("iot", "VALUE")
     assert values["password"] == ("IOT_PG_PASSWORD", "ENV_VAR")
     assert {"iot_schema", "iot_rollup_hourly"} <= {k["path"][0] for k in details["assetKeysUsing"]}
     assert "platform_observer" in details["sensorsUsing"]
