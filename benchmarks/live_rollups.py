@@ -24,14 +24,14 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from iot_platform.analytics import Reader
-from iot_platform.core.rollup import hour_of
+from iot_platform.core.rollup_math import hour_of
 from iot_platform.settings import Settings
 from iot_platform.stack.databases import ensure_platform_role_and_databases
 from iot_platform.stack.ports import free_port
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations, ensure_day_partitions
-from iot_platform.storage.rollups import refresh_hour
+from iot_platform.storage.rollup_sql import refresh_hour
 from iot_platform.storage.tenants import sync_tenants
 
 _SEED = """

@@ -68,8 +68,8 @@ class Settings(BaseSettings):
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
     mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
-    bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas of the platform; replica i writes IOT_HOME/run/bridge-{i}.pid (replica 0: bridge.pid), which `dev status` reads.")
-    replica_index: int = Field(default=0, ge=0, description="Which replica of its service this process is (0 .. replicas - 1; Kubernetes sets it from the pod index).")
+    bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas, each its own MQTT client; service_watchdog keeps replicas 0 .. N-1 running, and drains a replica that lowering N removes.")
+    replica_index: int = Field(default=0, ge=0, description="Which replica this bridge or consumer is (its stable identity): set per run by Dagster, or from the StatefulSet pod index.")
 
     # Kafka.
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]. `dev up` runs its brokers there: with IOT_KAFKA_BROKERS=3 at each of three addresses, or at one address's port, +2 and +4.")
@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, description="Dagster webserver port.")
     exit_with_parent: bool = Field(default=False, description="A service stops when the process that started it dies (set under Dagster).")
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
-    consumer_replicas: int = Field(default=1, ge=1, description="Consumer replicas of the platform in its one group; replica i writes IOT_HOME/run/consumer-{i}.pid (replica 0: consumer.pid), which `dev status` reads.")
+    consumer_replicas: int = Field(default=1, ge=1, description="Consumer replicas in the consumer group; service_watchdog keeps replicas 0 .. N-1 running, and stops a replica that lowering N removes.")
+    dagster_supervises_services: bool = Field(default=True, description="service_watchdog launches and supervises the bridge and consumer replicas; false: another supervisor (Kubernetes) runs them and the watchdog launches nothing.")
     service_stall_timeout_s: float = Field(default=300.0, gt=0, description="service_watchdog kills and relaunches a service that made no progress while work waited (unacked messages, records not stored) or stopped reporting for this long.")
     bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
     consumer_metrics_port: int = Field(default=9109, ge=0, description="Prometheus port of the consumer (0: off).")

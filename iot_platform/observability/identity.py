@@ -20,8 +20,8 @@ def service_identity(service: str, settings: Settings) -> str:
     """The identity of ``service`` ("bridge" or "consumer") under ``settings``."""
     if service == "bridge":
         return settings.mqtt_client_id
-    if service == "consumer":
-        return settings.kafka_consumer_group
+    if service == "consumer":  # replica 0 keeps the single consumer's identity
+        return settings.kafka_consumer_group if settings.replica_index == 0 else f"{settings.kafka_consumer_group}-{settings.replica_index}"
     raise ValueError(f"unknown service {service!r}")
 
 

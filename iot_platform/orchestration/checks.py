@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from iot_platform.devices.backlog import PartitionBacklog, kafka_backlog
-from iot_platform.core.rollup import hour_of
-from iot_platform.orchestration.assets.rollups import HOURLY, iot_rollup_hourly
+from iot_platform.core.rollup_math import hour_of
+from iot_platform.orchestration.assets.rollup_assets import HOURLY, iot_rollup_hourly
 from iot_platform.orchestration.assets.sources import iot_messages
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 from iot_platform.storage.audit import expired_offsets, ingest_activity, kafka_coverage, rollup_differences
 
 RERUN_HOURS = 3  # the rollup schedule re-runs this many hours before the closed one
@@ -28,8 +28,8 @@ def _now() -> datetime:
     description="Every consumed Kafka offset in the retained window is a row, a dead letter or a skipped duplicate, "
     "and no record was deleted by Kafka's retention before the consumer read it (iot.expired_offsets).",
 )
-def kafka_offsets_all_stored(platform: PlatformSettings) -> dg.AssetCheckResult:
-    settings = platform.get()
+def kafka_offsets_all_stored(platform: PlatformSettings, postgres: PostgresResource) -> dg.AssetCheckResult:
+    settings = platform.get(postgres)
     window_start = _now() - timedelta(hours=settings.retention_hours) + RETENTION_MARGIN
     coverage = kafka_coverage(settings, window_start)
     incomplete = [c for c in coverage if not c.complete]
@@ -67,8 +67,8 @@ def _coverage_table(coverage) -> str:  # type: ignore[no-untyped-def]
     description="The oldest Kafka record the consumer has not stored is younger than half the topic's retention: "
     "act before Kafka deletes it unread.",
 )
-def kafka_backlog_within_half_retention(platform: PlatformSettings) -> dg.AssetCheckResult:
-    backlog = kafka_backlog(platform.get())
+def kafka_backlog_within_half_retention(platform: PlatformSettings, postgres: PostgresResource) -> dg.AssetCheckResult:
+    backlog = kafka_backlog(platform.get(postgres))
     now_ms = int(time.time() * 1000)
     at_risk = [b for b in backlog if b.at_risk(now_ms)]
     worst = max(backlog, key=lambda b: (b.already_expired, b.age_s(now_ms) or -1.0), default=None)
@@ -98,9 +98,9 @@ def _backlog_table(backlog: list[PartitionBacklog], now_ms: int) -> str:
 
 
 @dg.asset_check(asset=iot_messages.key, description=f"The newest message is at most {FRESHNESS_MAX_AGE} old.")
-def iot_messages_fresh(platform: PlatformSettings) -> dg.AssetCheckResult:
+def iot_messages_fresh(platform: PlatformSettings, postgres: PostgresResource) -> dg.AssetCheckResult:
     now = _now()
-    activity = ingest_activity(platform.get(), since=now - timedelta(hours=1))
+    activity = ingest_activity(platform.get(postgres), since=now - timedelta(hours=1))
     age = None if activity.newest_received_at is None else (now - activity.newest_received_at).total_seconds()
     return dg.AssetCheckResult(
         passed=age is not None and age <= FRESHNESS_MAX_AGE.total_seconds(),
@@ -114,8 +114,8 @@ def iot_messages_fresh(platform: PlatformSettings) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=iot_messages.key, description=f"Dead letters are at most {DEAD_LETTER_RATE_MAX:.0%} of the last hour's input.")
-def dead_letter_rate(platform: PlatformSettings) -> dg.AssetCheckResult:
-    activity = ingest_activity(platform.get(), since=_now() - timedelta(hours=1))
+def dead_letter_rate(platform: PlatformSettings, postgres: PostgresResource) -> dg.AssetCheckResult:
+    activity = ingest_activity(platform.get(postgres), since=_now() - timedelta(hours=1))
     return dg.AssetCheckResult(
         passed=activity.dead_letter_rate <= DEAD_LETTER_RATE_MAX,
         severity=dg.AssetCheckSeverity.WARN,
@@ -133,12 +133,14 @@ def dead_letter_rate(platform: PlatformSettings) -> dg.AssetCheckResult:
     blocking=True,
     description="Runs with each rollup of one hour: its message counts equal the raw row counts of that hour.",
 )
-def rollup_hour_matches_raw(context: dg.AssetCheckExecutionContext, platform: PlatformSettings) -> dg.AssetCheckResult:
+def rollup_hour_matches_raw(
+    context: dg.AssetCheckExecutionContext, platform: PlatformSettings, postgres: PostgresResource
+) -> dg.AssetCheckResult:
     # Not a partitioned check (that API is in preview): it runs in the rollup's run and reads its hour.
     if not context.has_partition_key:
         raise dg.Failure("rollup_hour_matches_raw runs with a rollup of one hour; use recent_rollups_match_raw otherwise")
     hour = HOURLY.time_window_for_partition_key(context.partition_key).start.astimezone(timezone.utc)
-    raw_total, differences = rollup_differences(platform.get(), hour)
+    raw_total, differences = rollup_differences(platform.get(postgres), hour)
     return dg.AssetCheckResult(
         passed=not differences,
         metadata={
@@ -153,8 +155,8 @@ def rollup_hour_matches_raw(context: dg.AssetCheckExecutionContext, platform: Pl
     asset=iot_rollup_hourly,
     description="Closed hours of the last day: rollup counts equal raw counts (a mismatch older than the re-run window is an error).",
 )
-def recent_rollups_match_raw(platform: PlatformSettings) -> dg.AssetCheckResult:
-    settings, now = platform.get(), _now()
+def recent_rollups_match_raw(platform: PlatformSettings, postgres: PostgresResource) -> dg.AssetCheckResult:
+    settings, now = platform.get(postgres), _now()
     newest = hour_of(now) - timedelta(hours=2)  # rolled up at least once by the hourly schedule
     oldest = max(newest - timedelta(hours=23), hour_of(now - timedelta(hours=settings.retention_hours)) + timedelta(hours=1))
     per_hour, bad_hours = {}, []

@@ -1,7 +1,7 @@
 """`platform_observer`: offsets, lag, rates and service liveness as observations of the external assets.
 
 Every minute it reads Kafka's end offsets of the messages topic (bridge output), the consumer's
-stored offsets in ``iot.ingest_offsets`` (what is in PostgreSQL) and the services' pid files, and
+stored offsets in ``iot.ingest_offsets`` (what is in PostgreSQL) and every service replica's pid file, and
 reports an ``AssetObservation`` on ``kafka_iot_messages`` and on ``iot_messages``. Rates are the
 difference to the previous tick (kept in the sensor cursor). A source that cannot be read is
 reported as an error in the metadata instead of failing the tick, so the other still shows.
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from iot_platform.observability.pidfile import read_live_pid
+from iot_platform.observability.pidfile import live_replica_pids
 from iot_platform.orchestration.assets.sources import iot_messages, kafka_iot_messages
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 from iot_platform.orchestration.services import BRIDGE, CONSUMER
 from iot_platform.settings import Settings
 from iot_platform.storage.audit import consumed_offsets
@@ -78,13 +78,15 @@ def observations(settings: Settings, snapshot: Snapshot, previous: dict | None, 
     produced = None if snapshot.end_offsets is None else sum(snapshot.end_offsets.values())
     stored = None if snapshot.consumed is None else sum(snapshot.consumed.values())
     lags = lag(snapshot)
-    bridge_pid, consumer_pid = read_live_pid(settings.home, BRIDGE.name), read_live_pid(settings.home, CONSUMER.name)
-    kafka_meta: dict = {"bridge_alive": bridge_pid is not None, "bridge_pid": bridge_pid or 0}
+    bridges, consumers = live_replica_pids(settings.home, BRIDGE.name), live_replica_pids(settings.home, CONSUMER.name)
+    kafka_meta: dict = {"bridge_alive": bool(bridges), "bridge_pid": bridges.get(0, 0), "bridge_replicas_alive": len(bridges),
+                        "bridge_pids": dg.MetadataValue.json({str(i): pid for i, pid in bridges.items()})}
     if produced is not None:
         kafka_meta |= {"end_offsets_total": produced, "end_offsets": dg.MetadataValue.json(snapshot.end_offsets)}
     if (produce_rate := rate(previous, produced, snapshot.at, "produced")) is not None:
         kafka_meta["produce_rate_per_s"] = round(produce_rate, 2)
-    pg_meta: dict = {"consumer_alive": consumer_pid is not None, "consumer_pid": consumer_pid or 0}
+    pg_meta: dict = {"consumer_alive": bool(consumers), "consumer_pid": consumers.get(0, 0), "consumer_replicas_alive": len(consumers),
+                     "consumer_pids": dg.MetadataValue.json({str(i): pid for i, pid in consumers.items()})}
     if stored is not None:
         pg_meta |= {"consumed_offsets_total": stored}
     if lags is not None:
@@ -98,8 +100,10 @@ def observations(settings: Settings, snapshot: Snapshot, previous: dict | None, 
 
 @dg.sensor(name="platform_observer", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Observes Kafka end offsets, consumer lag, rates and service liveness.")
-def platform_observer(context: dg.SensorEvaluationContext, platform: PlatformSettings) -> dg.SensorResult:
-    settings, errors = platform.get(), {}
+def platform_observer(
+    context: dg.SensorEvaluationContext, platform: PlatformSettings, postgres: PostgresResource
+) -> dg.SensorResult:
+    settings, errors = platform.get(postgres), {}
     snapshot = take_snapshot(settings, errors)
     previous = json.loads(context.cursor) if context.cursor else None
     events = observations(settings, snapshot, previous, errors)

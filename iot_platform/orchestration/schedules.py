@@ -4,9 +4,9 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from iot_platform.core.rollup import hour_of
+from iot_platform.core.rollup_math import hour_of
 from iot_platform.orchestration.assets.access import broker_access
-from iot_platform.orchestration.assets.rollups import PARTITION_FORMAT, iot_rollup_hourly
+from iot_platform.orchestration.assets.rollup_assets import PARTITION_FORMAT, iot_rollup_hourly
 from iot_platform.orchestration.assets.serving import grafana_dashboards, tenant_roles
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import RERUN_HOURS, SCHEDULED_CHECKS

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from iot_platform.observability.instance_lock import AlreadyRunning, acquire, holder, record_holder
 from iot_platform.observability.pidfile import live_replica_pids, read_live_pid, replica_pidfile_name
+from iot_platform.observability.replica_counts import counts_of, record_replica_counts
 from iot_platform.settings import Settings
 from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
@@ -131,14 +132,22 @@ class LocalPlatform:
         """Every part of this home's platform (and both services) is up already."""
         return (
             all(self.state.alive(name) for name in SERVERS)
-            and all(read_live_pid(self.home, name) for name in SERVICES)
+            and self._services_running()
             and (not demo or self.state.alive("simulator"))
         )
 
     def _up(self, demo: bool) -> None:
+        # Recorded first, also on a running platform: service_watchdog follows it (replica_counts.py).
+        for name, (before, after) in record_replica_counts(self.home, counts_of(self.settings)).items():
+            if before is not None:
+                self.progress(f"{name}: {before} -> {after} replicas; service_watchdog applies it within a minute")
         if self.running(demo):
             pids = ", ".join(f"{name} {self.state.pids[name]}" for name in SERVERS)
             self.progress(f"the platform in {self.home} is already running ({pids}); nothing started")
+            return
+        if all(self.state.alive(name) for name in SERVERS) and (not demo or self.state.alive("simulator")):
+            self.progress(f"the platform in {self.home} is running; waiting for every service replica")
+            self._wait_for_services()
             return
         platform_lock = self.home / "run" / "locks" / "platform.lock"
         daemon = holder(platform_lock)
@@ -240,19 +249,27 @@ class LocalPlatform:
         finally:
             os.close(fd)
 
+    def _replicas(self, name: str) -> int:
+        return {"bridge": self.settings.bridge_replicas, "consumer": self.settings.consumer_replicas}[name]
+
+    def _services_running(self) -> bool:
+        """Every replica of both services (IOT_BRIDGE_REPLICAS, IOT_CONSUMER_REPLICAS) has a live pid file."""
+        return all(set(range(self._replicas(name))) <= set(live_replica_pids(self.home, name)) for name in SERVICES)
+
     def _wait_for_services(self, timeout_s: float = 180.0) -> None:
         self.progress("dagster: waiting for the watchdog to start the bridge and the consumer ...")
         daemon = self.state.pids.get("dagster_daemon")
         wait_until(
-            lambda: all(read_live_pid(self.home, name) for name in SERVICES),
+            self._services_running,
             timeout_s=timeout_s,
-            what="bridge and consumer under Dagster",
+            what="bridge and consumer replicas under Dagster",
             alive=lambda: pid_alive(daemon),
             log_path=self.logs / "dagster-daemon.log",
             interval_s=1.0,
         )
         for name in SERVICES:
-            self.progress(f"{name}: running under Dagster (pid {read_live_pid(self.home, name)})")
+            pids = ", ".join(str(pid) for pid in live_replica_pids(self.home, name).values())
+            self.progress(f"{name}: running under Dagster (pid {pids})")
 
     def _start_demo_fleet(self) -> int:
         argv = [sys.executable, "-m", "iot_platform.cli", "simulate", "--demo"]
@@ -264,8 +281,7 @@ class LocalPlatform:
         None where its pid file names no live process), or of every Kafka node, in index order."""
         if name == "kafka":
             return [pid if pid_alive(pid) else None for pid in self.state.all_pids("kafka")]
-        count = {"bridge": self.settings.bridge_replicas, "consumer": self.settings.consumer_replicas}[name]
-        return [read_live_pid(self.home, replica_pidfile_name(name, index)) for index in range(count)]
+        return [read_live_pid(self.home, replica_pidfile_name(name, index)) for index in range(self._replicas(name))]
 
     def status(self) -> dict:
         pids: dict[str, int | None] = {n: p if pid_alive(p) else None for n, p in self.state.pids.items()}

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from iot_platform.core.records import InboundMessage, RecordRules, build_record
 from iot_platform.orchestration.checks import kafka_backlog_within_half_retention, kafka_offsets_all_stored
 from iot_platform.orchestration.definitions import defs
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import platform_resources
 from iot_platform.settings import Settings
 from iot_platform.stack.kafka import ensure_topics
 from iot_platform.stack.ports import free_port
@@ -58,7 +58,7 @@ def stored_next(settings: Settings) -> int:
 def run_checks(settings: Settings) -> dict[str, dg.AssetCheckEvaluation]:
     with dg.DagsterInstance.ephemeral() as instance:
         result = defs.resolve_job_def("iot_checks").execute_in_process(
-            instance=instance, resources={"platform": PlatformSettings.from_settings(settings)}, raise_on_error=False
+            instance=instance, resources=platform_resources(settings), raise_on_error=False
         )
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iot_platform.observability.pidfile import read_live_pid
+from iot_platform.observability.pidfile import live_replica_pids
 from iot_platform.stack.ports import free_port
 from iot_platform.stack.postgres import PostgresServer
 from iot_platform.stack.process import pid_alive
@@ -48,7 +48,7 @@ def dev_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         leftovers = {name: pid for name, pid in recorded.items() if pid and pid_alive(pid)}
         for pid in leftovers.values():
             os.killpg(pid, signal.SIGKILL)
-        services = {name: pid for name in ("bridge", "consumer") if (pid := read_live_pid(home, name))}
+        services = {f"{name}-{index}": pid for name in ("bridge", "consumer") for index, pid in live_replica_pids(home, name).items()}
         for pid in services.values():
             os.kill(pid, signal.SIGKILL)
         # As root the cluster may live outside IOT_HOME (pytest's temp dirs are private): delete it.

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 
 from iot_platform.analytics import Reader, ReaderLoginError, TruncatedResultWarning
-from iot_platform.core.rollup import hour_of
+from iot_platform.core.rollup_math import hour_of
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations, ensure_day_partitions
-from iot_platform.storage.rollups import refresh_hour
+from iot_platform.storage.rollup_sql import refresh_hour
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
 from iot_platform_tests.helpers import private_roles

@@ -15,7 +15,7 @@ from iot_platform.access.dynsec import DynsecClient
 from iot_platform.access.repair import create_client
 from iot_platform.access.state import ClientSpec
 from iot_platform.orchestration.assets.access import broker_access, broker_access_matches_registry
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import platform_resources
 from iot_platform.settings import Settings
 from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.mosquitto import MosquittoServer, new_admin
@@ -46,7 +46,7 @@ def private(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
 def _run(settings: Settings) -> tuple[dict[str, object], dg.AssetCheckEvaluation]:
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize([broker_access, broker_access_matches_registry], instance=instance,
-                                resources={"platform": PlatformSettings.from_settings(settings)})
+                                resources=platform_resources(settings))
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("broker_access")[0].metadata.items()}
     return metadata, result.get_asset_check_evaluations()[0]
 
@@ -54,7 +54,7 @@ def _run(settings: Settings) -> tuple[dict[str, object], dg.AssetCheckEvaluation
 def _check(settings: Settings) -> dg.AssetCheckEvaluation:
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize([broker_access, broker_access_matches_registry], instance=instance,
-                                resources={"platform": PlatformSettings.from_settings(settings)},
+                                resources=platform_resources(settings),
                                 selection=dg.AssetSelection.checks(broker_access_matches_registry), raise_on_error=False)
     return result.get_asset_check_evaluations()[0]
 

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from iot_platform.core.rollup import RawMessage, hour_of, rollup
-from iot_platform.orchestration.assets.rollups import PARTITION_FORMAT, iot_rollup_hourly
+from iot_platform.core.rollup_math import RawMessage, hour_of, rollup
+from iot_platform.orchestration.assets.rollup_assets import PARTITION_FORMAT, iot_rollup_hourly
 from iot_platform.orchestration.assets.storage import iot_retention, iot_schema
 from iot_platform.orchestration.checks import kafka_offsets_all_stored, rollup_hour_matches_raw
 from iot_platform.orchestration.definitions import defs
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import platform_resources
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import ensure_day_partitions
@@ -33,7 +33,7 @@ PAYLOADS = [
 
 
 def resources(settings: Settings) -> dict[str, object]:
-    return {"platform": PlatformSettings.from_settings(settings)}
+    return platform_resources(settings)
 
 
 def materialize(settings: Settings, assets: list, **kwargs: object) -> dg.ExecuteInProcessResult:  # type: ignore[type-arg]

@@ -3,7 +3,8 @@
 Covers what test_dev_platform.py does not: the documented stop procedure (sensor off, terminate the
 run) shuts a service down gracefully and keeps it down; turning the sensor back on restarts it; a
 SIGKILLed run worker takes its service with it and is replaced within a minute; the observer
-reports on the external assets.
+reports on the external assets; the UI shows the database resource; a second consumer replica runs as a run of its own, comes back as
+itself when killed, and is stopped when the count goes down again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from iot_platform.observability.pidfile import pidfile_path, read_live_pid
-from iot_platform.orchestration.services import WORKER_PID_TAG
+from iot_platform.orchestration.services import REPLICA_TAG, WORKER_PID_TAG
 from iot_platform.orchestration.watchdog import RELAUNCH_TAG, STALLED_TAG
 from iot_platform.stack.dagster_processes import graphql
 from iot_platform.stack.process import pid_alive
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 SENSOR_SELECTOR = {"repositoryLocationName": "iot_platform", "repositoryName": "__repository__", "sensorName": "service_watchdog"}
 BRIDGE_JOB = "mqtt_kafka_bridge_service"
+CONSUMER_JOB = "kafka_postgres_consumer_service"
 ACTIVE = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]
 QUIET_WINDOW_S = 40.0  # more than two watchdog intervals (15 s)
 
@@ -73,6 +75,21 @@ def test_observer_reports_on_the_external_assets(dev_platform: dict) -> None:
 
     found = wait_for(labels, 120, "an observation of iot_messages", interval_s=3)
     assert {"consumer_alive", "consumed_offsets_total", "lag_total"} <= found
+
+
+def test_the_ui_shows_the_database_and_only_the_name_of_its_password(dev_platform: dict) -> None:
+    """The `postgres` resource of the code location shows host, port and database as values and the
+    password as the variable it comes from; assets, checks and sensors use it."""
+    query = """query($s: ResourceSelector!) { topLevelResourceDetailsOrError(resourceSelector: $s) { ... on ResourceDetails {
+                 configuredValues { key value type } assetKeysUsing { path } sensorsUsing } } }"""
+    selector = {"repositoryLocationName": "iot_platform", "repositoryName": "__repository__", "resourceName": "postgres"}
+    details = _q(dev_platform["url"], query, s=selector)["topLevelResourceDetailsOrError"]
+    # A VALUE comes JSON-encoded ('"iot"', '5432'), an ENV_VAR as the variable's name.
+    values = {v["key"]: (json.loads(v["value"]) if v["type"] == "VALUE" else v["value"], v["type"]) for v in details["configuredValues"]}
+    assert values["port"] == (int(dev_platform["env"]["IOT_PG_PORT"]), "VALUE") and values["database"] == ("iot", "VALUE")
+    assert values["password"] == ("IOT_PG_PASSWORD", "ENV_VAR")
+    assert {"iot_schema", "iot_rollup_hourly"} <= {k["path"][0] for k in details["assetKeysUsing"]}
+    assert "platform_observer" in details["sensorsUsing"]
 
 
 def test_sensor_off_then_terminate_stops_a_service_gracefully_and_it_stays_down(dev_platform: dict) -> None:
@@ -160,3 +177,43 @@ def test_a_frozen_consumer_is_replaced_and_nothing_is_lost_or_doubled(dev_platfo
     assert report["expected"]["messages"] >= 9_000 and report["totals"]["stored"] == report["expected"]["messages"]
     print(f"\nconsumer frozen, replaced after {replaced_after:.0f} s (pid {consumer} -> {replacement}); "
           f"{report['totals']['stored']} messages stored once, 0 lost")
+
+
+def _replica_runs(url: str, job: str, statuses: list[str]) -> dict[str, str]:
+    """Replica tag -> run id of the runs of ``job`` in ``statuses``."""
+    return {tags[REPLICA_TAG]: run["runId"] for run in _runs(url, job, statuses)
+            if REPLICA_TAG in (tags := {t["key"]: t["value"] for t in run["tags"]})}
+
+
+def test_two_consumer_replicas_run_as_two_runs_and_a_killed_one_comes_back_as_itself(dev_platform: dict) -> None:
+    """`IOT_CONSUMER_REPLICAS=2 dev up` on the running platform: the watchdog adds consumer-1 as a run of its
+    own beside consumer-0, which keeps its run. The SIGKILLed consumer-1 comes back as consumer-1 (a new
+    run, its pid file). Back to 1: consumer-1's run is terminated, consumer-0 still has the same run."""
+    url, home, env = dev_platform["url"], dev_platform["home"], dev_platform["env"]
+    before = wait_for(lambda: _replica_runs(url, CONSUMER_JOB, ["STARTED"]).get("consumer-0"), 90, "a STARTED consumer-0 run")
+    began = time.monotonic()
+    try:
+        scaled = run_cli({**env, "IOT_CONSUMER_REPLICAS": "2"}, "dev", "up", "--no-demo", timeout=300)
+        assert scaled.returncode == 0 and "consumer: 1 -> 2 replicas" in scaled.stderr, scaled.stderr
+        runs = wait_for(lambda: r if len(r := _replica_runs(url, CONSUMER_JOB, ["STARTED"])) == 2 else None, 60,
+                        "two STARTED consumer runs")
+        assert runs["consumer-0"] == before and runs["consumer-1"] != before
+        scaled_after = time.monotonic() - began
+        killed = read_live_pid(home, "consumer-1")
+        assert killed is not None and killed != read_live_pid(home, "consumer")
+        os.kill(killed, signal.SIGKILL)
+        began = time.monotonic()
+        wait_for(lambda: (p := read_live_pid(home, "consumer-1")) and p != killed, 120, "consumer-1 back under its identity")
+        back_after = time.monotonic() - began
+        again = _replica_runs(url, CONSUMER_JOB, ["STARTED"])
+        assert again["consumer-0"] == before and again["consumer-1"] not in (before, runs["consumer-1"])
+    finally:
+        down = run_cli({**env, "IOT_CONSUMER_REPLICAS": "1"}, "dev", "up", "--no-demo", timeout=300)
+    assert down.returncode == 0 and "consumer: 2 -> 1 replicas" in down.stderr, down.stderr
+    began = time.monotonic()
+    wait_for(lambda: again["consumer-1"] in _replica_runs(url, CONSUMER_JOB, ["CANCELED"]).values(), 90,
+             "consumer-1's run terminated")
+    wait_for(lambda: read_live_pid(home, "consumer-1") is None, 30, "consumer-1 exited")
+    assert _replica_runs(url, CONSUMER_JOB, ["STARTED"]) == {"consumer-0": before}
+    print(f"\nconsumer-1 up {scaled_after:.0f} s after `dev up`, back {back_after:.0f} s after SIGKILL, "
+          f"terminated {time.monotonic() - began:.0f} s after scaling down; consumer-0 kept run {before}")

@@ -71,7 +71,7 @@ def _stored(env: dict[str, str], payload: bytes) -> bool:
 
 
 def test_status_shows_every_endpoint_and_pid(dev_platform: dict) -> None:
-    """status --json has the docs/design.md §3.1 shape, with live pids for every part and both services."""
+    """status --json has the docs/design.md §3.1 shape, with live pids for every part and both services, and per replica."""
     env = dev_platform["env"]
     parts = ("postgres", "kafka", "mosquitto", "dagster_webserver", "dagster_daemon", "bridge", "consumer")
 

@@ -19,7 +19,7 @@ from iot_platform.dashboards.tenant_telemetry import TENANT_TELEMETRY
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
-from iot_platform.storage.rollups import refresh_hour
+from iot_platform.storage.rollup_sql import refresh_hour
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
 from iot_platform_tests.helpers import drop_roles

@@ -13,11 +13,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from iot_platform.core.rollup import HourlyRollup, RawMessage, hour_of, rollup
+from iot_platform.core.rollup_math import HourlyRollup, RawMessage, hour_of, rollup
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations, ensure_day_partitions
-from iot_platform.storage.rollups import refresh_hour
+from iot_platform.storage.rollup_sql import refresh_hour
 from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.storage.tenants import sync_tenants
 from iot_platform_tests.helpers import private_roles

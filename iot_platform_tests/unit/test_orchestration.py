@@ -18,22 +18,22 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from iot_platform.orchestration.definitions import defs
 from iot_platform.orchestration.observer import Snapshot, lag, rate
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import DATABASE_FIELDS, PlatformSettings, PostgresResource, platform_resources
 from iot_platform.orchestration.schedules import hours_to_roll, rollup_hourly_schedule
-from iot_platform.orchestration.services import SERVICE_TAG, WORKER_HOST_TAG, WORKER_PID_TAG
-from iot_platform.observability.progress import ProgressFile, ProgressReport, next_progress_at, read_reports
-from iot_platform.orchestration.watchdog import (
-    RELAUNCH_TAG,
-    STALLED_TAG,
-    Replacement,
-    RunView,
-    backoff_s,
-    child_of,
-    decide,
-    service_watchdog,
-    stall_reason,
-    stalled,
+from iot_platform.orchestration.services import (
+    BRIDGE,
+    CONSUMER,
+    DRAIN_TAG,
+    REPLICA_TAG,
+    SERVICE_TAG,
+    WORKER_HOST_TAG,
+    WORKER_PID_TAG,
+    run_tags,
 )
+
+BRIDGE_DRAIN_JOB = "mqtt_kafka_bridge_drain"
+from iot_platform.observability.progress import ProgressFile, ProgressReport, next_progress_at, read_reports
+from iot_platform.orchestration.watchdog import RELAUNCH_TAG, STALLED_TAG, child_of, service_watchdog
 from iot_platform.settings import Settings
 from iot_platform.storage.retention import Partition, parse_bound, partitions_to_drop
 
@@ -44,77 +44,6 @@ NOW = 1_000_000.0
 
 def alive_only(*pids: int):  # noqa: ANN201
     return lambda pid: pid in pids
-
-
-# -- watchdog decisions ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("status", ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"])
-def test_an_active_run_is_left_alone(status: str) -> None:
-    """One run per service: any queued/starting/started/canceling run blocks a new launch."""
-    decision = decide([RunView("r1", status, NOW - 5, worker_pid=10, worker_host=HOST)], NOW, HOST, alive_only(10))
-    assert not decision.launch and decision.dead_runs == ()
-
-
-@pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "CANCELED"])
-def test_a_long_run_that_ended_is_relaunched_at_once(status: str) -> None:
-    """A service that ran for a while and stopped (crash, kill, terminate) comes back on the next tick."""
-    runs = [RunView("r1", status, NOW - 3600, NOW - 1)]
-    assert decide(runs, NOW, HOST, alive_only()).launch
-
-
-def test_no_history_launches() -> None:
-    """A service never run before is started."""
-    assert decide([], NOW, HOST, alive_only()).launch
-
-
-def test_started_run_with_dead_worker_is_reported_and_replaced() -> None:
-    """A STARTED run whose worker pid is gone on this host is marked dead and the service relaunched."""
-    decision = decide([RunView("r1", "STARTED", NOW - 60, worker_pid=10, worker_host=HOST)], NOW, HOST, alive_only())
-    assert decision.launch and decision.dead_runs == ("r1",)
-
-
-@pytest.mark.parametrize(
-    "run",
-    [
-        RunView("r1", "STARTED", NOW - 60, worker_pid=10, worker_host="other-host"),  # cannot see its pid
-        RunView("r1", "STARTED", NOW - 60),  # worker has not tagged itself yet
-        RunView("r1", "STARTING", NOW - 60, worker_pid=10, worker_host=HOST),  # only STARTED runs are judged
-    ],
-)
-def test_runs_whose_worker_cannot_be_judged_count_as_active(run: RunView) -> None:
-    """Only a STARTED run with a pid on this host is ever declared dead."""
-    decision = decide([run], NOW, HOST, alive_only())
-    assert not decision.launch and decision.dead_runs == ()
-
-
-def test_a_finished_run_whose_worker_lives_on_blocks_a_second_copy() -> None:
-    """Force-terminated (CANCELED) but its worker is alive: wait rather than run two bridges side by side."""
-    run = RunView("r1", "CANCELED", NOW - 600, NOW - 5, worker_pid=10, worker_host=HOST)
-    assert not decide([run], NOW, HOST, alive_only(10)).launch
-    assert decide([run], NOW, HOST, alive_only()).launch  # worker gone: relaunch
-    assert decide([run], NOW + 3600, HOST, alive_only(10)).launch  # long ago: that pid is someone else now
-
-
-@pytest.mark.parametrize(("failures", "expected"), [(0, 0.0), (1, 10.0), (2, 20.0), (3, 40.0), (5, 160.0), (6, 300.0), (20, 300.0)])
-def test_backoff_doubles_up_to_five_minutes(failures: int, expected: float) -> None:
-    """Crash loops back off 10 s, 20 s, 40 s ... capped at 300 s."""
-    assert backoff_s(failures) == expected
-
-
-def test_quick_failures_back_off() -> None:
-    """Two runs that failed within seconds of starting: wait 20 s after the last before relaunching."""
-    runs = [RunView("r2", "FAILURE", NOW - 12, NOW - 10), RunView("r1", "FAILURE", NOW - 42, NOW - 40)]
-    assert not decide(runs, NOW, HOST, alive_only()).launch
-    assert decide(runs, NOW + 11, HOST, alive_only()).launch
-
-
-def test_a_long_run_resets_the_backoff() -> None:
-    """Only consecutive quick failures count: a long healthy run before them breaks the chain."""
-    runs = [RunView("r3", "FAILURE", NOW - 9, NOW - 5), RunView("r2", "FAILURE", NOW - 9000, NOW - 30),
-            RunView("r1", "FAILURE", NOW - 9100, NOW - 9090)]
-    assert not decide(runs, NOW, HOST, alive_only()).launch  # one quick failure: 10 s after its end
-    assert decide(runs, NOW + 5, HOST, alive_only()).launch
 
 
 # -- the sensor against a real (ephemeral) instance ----------------------------------------------------
@@ -132,8 +61,12 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def _sensor_context(instance: dg.DagsterInstance, home: Path) -> dg.SensorEvaluationContext:
-    return dg.build_sensor_context(instance=instance, resources={"platform": PlatformSettings.from_settings(Settings(home=home))})
+def _sensor_context(instance: dg.DagsterInstance, home: Path, **settings: object) -> dg.SensorEvaluationContext:
+    return dg.build_sensor_context(instance=instance, resources=platform_resources(Settings(home=home, **settings)))
+
+
+def _requested(result: dg.SensorResult) -> list[str]:
+    return sorted(r.tags.get(REPLICA_TAG) or f"drain {r.tags[DRAIN_TAG]}" for r in result.run_requests)
 
 
 def test_watchdog_sensor_starts_missing_services_and_replaces_dead_runs(tmp_path: Path) -> None:
@@ -155,6 +88,85 @@ def test_watchdog_sensor_starts_missing_services_and_replaces_dead_runs(tmp_path
         assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
 
 
+def test_watchdog_runs_one_run_per_replica_with_distinct_identities(tmp_path: Path) -> None:
+    """IOT_CONSUMER_REPLICAS=2: consumer-0 and consumer-1 are requested, each tagged with its identity; with
+    consumer-0 running only consumer-1 is; a third replica comes when N becomes 3, the others untouched."""
+    me = {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = service_watchdog(_sensor_context(instance, tmp_path, consumer_replicas=2))
+        assert _requested(result) == ["bridge-0", "consumer-0", "consumer-1"]
+        assert {r.tags[SERVICE_TAG] for r in result.run_requests if r.job_name == CONSUMER.job_name} == {"consumer"}
+        _add_run(instance, BRIDGE.job_name, DagsterRunStatus.STARTED, {**run_tags(BRIDGE, 0), **me})
+        _add_run(instance, CONSUMER.job_name, DagsterRunStatus.STARTED, {**run_tags(CONSUMER, 0), **me})
+        assert _requested(service_watchdog(_sensor_context(instance, tmp_path, consumer_replicas=2))) == ["consumer-1"]
+        _add_run(instance, CONSUMER.job_name, DagsterRunStatus.STARTED, {**run_tags(CONSUMER, 1), **me})
+        assert _requested(service_watchdog(_sensor_context(instance, tmp_path, consumer_replicas=3))) == ["consumer-2"]
+
+
+def test_watchdog_scales_down_consumers_by_terminating_and_bridges_by_draining(tmp_path: Path) -> None:
+    """N lowered to 1: consumer-1's run is terminated (an engine event says why); bridge-1 gets a drain run of
+    its own identity and its serving run is left to drain in place; replica 0 of each is left alone."""
+    me = {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()}
+    with dg.instance_for_test() as instance:
+        runs = {f"{service.name}-{index}": _add_run(instance, service.job_name, DagsterRunStatus.STARTED,
+                                                    {**run_tags(service, index), **me})
+                for service in (BRIDGE, CONSUMER) for index in (0, 1)}
+        result = service_watchdog(_sensor_context(instance, tmp_path))
+        [drain] = result.run_requests
+        assert drain.job_name == BRIDGE_DRAIN_JOB and drain.tags[DRAIN_TAG] == "bridge-1" and REPLICA_TAG not in drain.tags
+        assert instance.get_run_by_id(runs["consumer-1"]).status == DagsterRunStatus.CANCELING
+        assert any("beyond the 1 wanted; terminating it" in (e.message or "") for e in instance.all_logs(runs["consumer-1"]))
+        for tag in ("bridge-0", "bridge-1", "consumer-0"):
+            assert instance.get_run_by_id(runs[tag]).status == DagsterRunStatus.STARTED, tag
+
+
+def test_watchdog_launches_nothing_when_another_supervisor_runs_the_services(tmp_path: Path) -> None:
+    """IOT_DAGSTER_SUPERVISES_SERVICES=false: no request, and a dead worker's run is not even touched."""
+    dead = {WORKER_PID_TAG: str(_dead_pid()), WORKER_HOST_TAG: socket.gethostname()}
+    with dg.DagsterInstance.ephemeral() as instance:
+        run_id = _add_run(instance, CONSUMER.job_name, DagsterRunStatus.STARTED, {**run_tags(CONSUMER, 0), **dead})
+        result = service_watchdog(_sensor_context(instance, tmp_path, dagster_supervises_services=False))
+        assert result.run_requests == [] and "IOT_DAGSTER_SUPERVISES_SERVICES" in (result.skip_reason.skip_message or "")
+        assert instance.get_run_by_id(run_id).status == DagsterRunStatus.STARTED
+        assert _requested(service_watchdog(_sensor_context(instance, tmp_path))) == ["bridge-0", "consumer-0"]
+
+
+class RecordingPipes(dg.PipesSubprocessClient):
+    """Records what the service op would start instead of starting it."""
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def run(self, *, context, command, env=None, **kwargs):  # type: ignore[no-untyped-def, override]  # noqa: ANN001, ANN003, ANN201
+        RecordingPipes.calls.append((list(command), dict(env or {})))
+
+
+@pytest.mark.parametrize(("job", "tags", "expected_args", "expected_index"), [
+    ("mqtt_kafka_bridge_service", {}, ["bridge"], "0"),  # launched by hand: replica 0
+    ("kafka_postgres_consumer_service", run_tags(CONSUMER, 2), ["consumer"], "2"),
+    (BRIDGE_DRAIN_JOB, run_tags(BRIDGE, 1, drain=True), ["bridge", "--drain"], "1"),
+])
+def test_a_replica_run_starts_its_service_as_that_replica(job, tags, expected_args, expected_index, tmp_path: Path) -> None:  # noqa: ANN001
+    """The run's tags become the service's IOT_REPLICA_INDEX (and --drain for a bridge drain run), with the database."""
+    RecordingPipes.calls.clear()
+    resources = {**platform_resources(Settings(home=tmp_path, pg_port=6543)), "pipes": RecordingPipes()}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, resources=resources, tags=tags)
+        assert result.success
+    [(command, env)] = RecordingPipes.calls
+    assert command[-len(expected_args):] == expected_args and command[1:3] == ["-m", "iot_platform.cli"]
+    assert (env["IOT_REPLICA_INDEX"], env["IOT_PG_PORT"], env["IOT_EXIT_WITH_PARENT"]) == (expected_index, "6543", "true")
+
+
+def test_a_drain_run_needs_to_know_which_replica(tmp_path: Path) -> None:
+    """Launched by hand without its tag, the drain job refuses rather than drain replica 0 by default."""
+    RecordingPipes.calls.clear()
+    resources = {**platform_resources(Settings(home=tmp_path)), "pipes": RecordingPipes()}
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def(BRIDGE_DRAIN_JOB).execute_in_process(instance=instance, resources=resources,
+                                                                           raise_on_error=False)
+    assert not result.success and RecordingPipes.calls == []
+
+
 # -- liveness from progress --------------------------------------------------------------------------
 
 
@@ -174,38 +186,6 @@ def report(progress_age: float, written_age: float = 0.5, waiting: int = 5, pid:
 )
 def test_progress_time_moves_with_the_position_or_when_idle(previous: ProgressReport | None, position: int, waiting: int, expected: float) -> None:
     assert next_progress_at(previous, position, waiting, NOW) == expected
-
-
-@pytest.mark.parametrize(
-    ("case", "stalled_because"),
-    [
-        (report(progress_age=59), None),
-        (report(progress_age=61), "no progress for 61 s while 5 wait"),
-        (report(progress_age=61, written_age=61), "no progress report for 61 s"),  # frozen: its last report ages
-        (report(progress_age=59, written_age=59), None),
-    ],
-)
-def test_stall_reason(case: ProgressReport, stalled_because: str | None) -> None:
-    reason = stall_reason(case, NOW, timeout_s=60)
-    assert (reason is None) if stalled_because is None else (reason is not None and reason.startswith(stalled_because))
-
-
-def test_only_reports_of_this_hosts_started_runs_with_a_live_matching_child_are_judged() -> None:
-    """A report counts when its process is the live child of a STARTED run's worker on this host."""
-    runs = [RunView("r1", "STARTED", NOW - 600, worker_pid=10, worker_host=HOST),
-            RunView("r0", "FAILURE", NOW - 900, NOW - 700, worker_pid=11, worker_host=HOST),
-            RunView("r2", "STARTED", NOW - 600, worker_pid=12, worker_host="other-host")]
-    children = {(20, 10), (21, 11), (22, 12), (24, 10)}
-    reports = [
-        report(120),  # r1's service, stalled
-        report(120, pid=21, ppid=11),  # the worker's run has ended
-        report(120, pid=22, ppid=12, host="other-host"),  # another machine's clock
-        report(120, pid=23, ppid=10),  # pid 23 is not (or no longer) the worker's child
-        report(5, pid=24, ppid=10, identity="client-2"),  # a second identity of r1 that progresses
-    ]
-    found = stalled(runs, reports, NOW, HOST, 60, lambda pid, parent: (pid, parent) in children)
-    assert found == [Replacement("r1", 20, "client-1", found[0].reason)]
-    assert found[0].reason.startswith("no progress for 120 s while 5 wait")
 
 
 def test_progress_file_is_replaced_atomically_read_back_and_removed_on_close(tmp_path: Path) -> None:
@@ -319,14 +299,51 @@ def test_rate_needs_a_previous_tick() -> None:
     assert rate({"at": 100.0, "produced": None}, 1600, 160.0, "produced") is None
 
 
-def test_platform_settings_round_trip_and_child_env(tmp_path) -> None:  # noqa: ANN001
-    """Explicit settings survive the resource; services are told to exit with their parent."""
-    settings = Settings(home=tmp_path, pg_port=6543, pg_password="s3cret", kafka_topic="t-x")
-    resource = PlatformSettings.from_settings(settings)
-    again = resource.get()
+def test_explicit_settings_survive_the_resources_and_reach_the_services(tmp_path: Path) -> None:
+    """Settings handed in come back out of platform + postgres, and the services get them as IOT_* variables."""
+    settings = Settings(home=tmp_path, pg_port=6543, pg_password="s3cret", kafka_topic="t-x", pg_sslrootcert=tmp_path / "ca.pem")
+    resources = platform_resources(settings)
+    platform, postgres = resources["platform"], resources["postgres"]
+    assert isinstance(platform, PlatformSettings) and isinstance(postgres, PostgresResource)
+    again = platform.get(postgres)
     assert (again.pg_port, again.pg_password.get_secret_value(), again.kafka_topic, again.home) == (6543, "s3cret", "t-x", tmp_path)
-    assert resource.child_env()["IOT_EXIT_WITH_PARENT"] == "true"
+    assert again.pg_sslrootcert == tmp_path / "ca.pem"
+    env = {**platform.child_env(), **postgres.child_env()}
+    assert (env["IOT_PG_PORT"], env["IOT_PG_PASSWORD"], env["IOT_KAFKA_TOPIC"], env["IOT_EXIT_WITH_PARENT"]) == ("6543", "s3cret", "t-x", "true")
     assert PlatformSettings().child_env() == {"IOT_EXIT_WITH_PARENT": "true"}
+
+
+def test_the_database_has_its_own_typed_resource_and_the_rest_no_free_form_dict() -> None:
+    """Every pg_* setting is a PostgresResource field with the same default; every other setting a typed
+    PlatformSettings field with its description; no field takes a dict."""
+    defaults = Settings.model_fields
+    for setting, field in DATABASE_FIELDS.items():
+        if setting != "pg_password":
+            assert PostgresResource.model_fields[field].default == defaults[setting].default, setting
+    assert set(PlatformSettings.model_fields) == set(defaults) - set(DATABASE_FIELDS)
+    for name, field in PlatformSettings.model_fields.items():
+        assert field.description == defaults[name].description and "dict" not in str(field.annotation), name
+    # Secrets are masked in the UI even when set in code (a default): Dagster's config snapshot says so.
+    secret = {name for name, field in PlatformSettings.to_config_schema().as_field().config_type.fields.items() if field.is_secret}
+    assert secret == {"mqtt_password", "mqtt_admin_password", "kafka_sasl_password", "grafana_password", "tenant_password_key"}
+    assert PostgresResource.to_config_schema().as_field().config_type.fields["password"].is_secret
+
+
+def test_code_location_resources_show_the_environment_and_hide_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set variables become configuration; secrets stay dg.EnvVar references; with nothing set the defaults load."""
+    for name in [n for n in os.environ if n.startswith("IOT_")]:
+        monkeypatch.delenv(name)
+    resources = platform_resources()
+    assert resources["postgres"].port == 5432 and resources["platform"].explicit_values() == {}
+    monkeypatch.setenv("IOT_PG_HOST", "db.internal")
+    monkeypatch.setenv("IOT_PG_PASSWORD", "hunter2")
+    monkeypatch.setenv("IOT_KAFKA_TOPIC", "t-env")
+    monkeypatch.setenv("IOT_GRAFANA_PASSWORD", "g-secret")
+    resources = platform_resources()
+    platform, postgres = resources["platform"], resources["postgres"]
+    assert postgres.host == "db.internal" and isinstance(postgres.password, dg.EnvVar) and postgres.password == "IOT_PG_PASSWORD"
+    assert platform.kafka_topic == "t-env" and isinstance(platform.grafana_password, dg.EnvVar)
+    assert "hunter2" not in repr(resources) and "g-secret" not in repr(resources)
 
 
 # -- the code location ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from iot_platform.access.sync import check_broker_access, sync_broker_access
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 
 ACCESS_GROUP = "access"
 
@@ -19,9 +19,9 @@ device_registry = dg.AssetSpec(
 
 
 @dg.asset(group_name=ACCESS_GROUP, deps=[device_registry], kinds={"mosquitto"})
-def broker_access(platform: PlatformSettings) -> dg.MaterializeResult:
+def broker_access(platform: PlatformSettings, postgres: PostgresResource) -> dg.MaterializeResult:
     """Mosquitto's dynamic-security clients, roles and groups made equal to the registry (idempotent; repairs drift)."""
-    report = sync_broker_access(platform.get())
+    report = sync_broker_access(platform.get(postgres))
     return dg.MaterializeResult(
         metadata={
             "commands": report.commands,
@@ -34,8 +34,8 @@ def broker_access(platform: PlatformSettings) -> dg.MaterializeResult:
 
 
 @dg.asset_check(asset=broker_access, description="The broker's clients, roles, groups and ACLs are exactly the registry's.")
-def broker_access_matches_registry(platform: PlatformSettings) -> dg.AssetCheckResult:
-    drift = check_broker_access(platform.get())
+def broker_access_matches_registry(platform: PlatformSettings, postgres: PostgresResource) -> dg.AssetCheckResult:
+    drift = check_broker_access(platform.get(postgres))
     return dg.AssetCheckResult(
         passed=drift.clean,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -3,16 +3,16 @@
 import dagster as dg
 
 from iot_platform.dashboards.provision import build_dashboards, push_to_grafana
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 from iot_platform.storage.tenants import sync_tenants
 
 SERVING_GROUP = "serving"
 
 
 @dg.asset(group_name=SERVING_GROUP, deps=["iot_schema", "device_registry", "iot_messages", "iot_rollup_hourly"], kinds={"postgres"})
-def tenant_roles(platform: PlatformSettings) -> dg.MaterializeResult:
+def tenant_roles(platform: PlatformSettings, postgres: PostgresResource) -> dg.MaterializeResult:
     """One read-only login role per registered tenant (row-level security), idempotent."""
-    result = sync_tenants(platform.get())
+    result = sync_tenants(platform.get(postgres))
     return dg.MaterializeResult(
         metadata={
             "tenants": len(result.tenants),
@@ -25,9 +25,9 @@ def tenant_roles(platform: PlatformSettings) -> dg.MaterializeResult:
 
 
 @dg.asset(group_name=SERVING_GROUP, deps=["iot_rollup_hourly", tenant_roles], kinds={"grafana"})
-def grafana_dashboards(platform: PlatformSettings) -> dg.MaterializeResult:
+def grafana_dashboards(platform: PlatformSettings, postgres: PostgresResource) -> dg.MaterializeResult:
     """Grafana provisioning files under IOT_HOME/grafana, pushed to Grafana when IOT_GRAFANA_URL is set."""
-    settings = platform.get()
+    settings = platform.get(postgres)
     out_dir = settings.home / "grafana" / "provisioning"
     files = build_dashboards(settings, out_dir)
     metadata: dict = {"out_dir": str(out_dir), "files": dg.MetadataValue.json([str(p.relative_to(out_dir)) for p in files])}

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from iot_platform.orchestration.resources import PlatformSettings
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 from iot_platform.storage.migrate import apply_migrations
 from iot_platform.storage.retention import apply_retention
 
@@ -12,17 +12,19 @@ STORAGE_GROUP = "storage"
 
 
 @dg.asset(group_name=STORAGE_GROUP, kinds={"postgres"})
-def iot_schema(context: dg.AssetExecutionContext, platform: PlatformSettings) -> dg.MaterializeResult:
+def iot_schema(
+    context: dg.AssetExecutionContext, platform: PlatformSettings, postgres: PostgresResource
+) -> dg.MaterializeResult:
     """Schema `iot` at the newest migration, with day partitions ahead (idempotent)."""
-    applied = apply_migrations(platform.get())
+    applied = apply_migrations(platform.get(postgres))
     context.log.info(f"{len(applied)} migration(s) applied now")
     return dg.MaterializeResult(metadata={"applied_now": dg.MetadataValue.json(applied), "applied_count": len(applied)})
 
 
 @dg.asset(group_name=STORAGE_GROUP, deps=["iot_schema", "iot_messages"], kinds={"postgres"})
-def iot_retention(platform: PlatformSettings) -> dg.MaterializeResult:
+def iot_retention(platform: PlatformSettings, postgres: PostgresResource) -> dg.MaterializeResult:
     """Raw rows, dead letters and dedupe records older than the retention window, removed."""
-    settings = platform.get()
+    settings = platform.get(postgres)
     report = apply_retention(settings, now=datetime.now(timezone.utc))
     return dg.MaterializeResult(
         metadata={

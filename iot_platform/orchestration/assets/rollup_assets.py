@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from iot_platform.orchestration.resources import PlatformSettings
-from iot_platform.storage.rollups import refresh_hour
+from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
+from iot_platform.storage.rollup_sql import refresh_hour
 
 ANALYTICS_GROUP = "analytics"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
@@ -24,9 +24,11 @@ def raw_data_expired(hour: datetime, retention_hours: int, now: datetime) -> boo
     group_name=ANALYTICS_GROUP,
     kinds={"postgres"},
 )
-def iot_rollup_hourly(context: dg.AssetExecutionContext, platform: PlatformSettings) -> dg.MaterializeResult:
+def iot_rollup_hourly(
+    context: dg.AssetExecutionContext, platform: PlatformSettings, postgres: PostgresResource
+) -> dg.MaterializeResult:
     """iot.rollup_hourly(+_fields) for one hour, recomputed from raw rows (idempotent)."""
-    settings = platform.get()
+    settings = platform.get(postgres)
     hour = context.partition_time_window.start.astimezone(timezone.utc)
     if raw_data_expired(hour, settings.retention_hours, datetime.now(timezone.utc)):
         # Recomputing from partly deleted raw rows would shrink a correct rollup: keep it.

@@ -1,4 +1,4 @@
-"""Hourly rollups in SQL: the fast twin of :mod:`iot_platform.core.rollup`.
+"""Hourly rollups in SQL: the fast twin of :mod:`iot_platform.core.rollup_math`.
 
 Guarantee: :func:`refresh_hour` makes ``iot.rollup_hourly`` and ``iot.rollup_hourly_fields`` hold
 exactly the aggregates of the raw rows received in that hour, in one transaction. Rows are upserted
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from iot_platform.core.rollup import hour_of
+from iot_platform.core.rollup_math import hour_of
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 

@@ -1,4 +1,4 @@
-"""Rollup maths (iot_platform.core.rollup): the reference every SQL aggregate is checked against."""
+"""Rollup maths (iot_platform.core.rollup_math): the reference every SQL aggregate is checked against."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iot_platform.core.rollup import (
+from iot_platform.core.rollup_math import (
     FieldStats,
     RawMessage,
     hour_of,
