@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
     mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
+    replica_index: int = Field(default=0, ge=0, description="Which replica this process is (0-based; Kubernetes sets it from the pod index): bridge replica i is MQTT client IOT_MQTT_CLIENT_ID-{i}, replica 0 keeps IOT_MQTT_CLIENT_ID (docs/design.md §9).")
 
     # Kafka.
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
@@ -97,6 +98,7 @@ class Settings(BaseSettings):
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, description="Kafka group session timeout: how long a crashed consumer's partitions wait before reassignment.")
     consumer_max_poll_interval_ms: int = Field(default=600_000, ge=10_000, description="Longest database outage a consumer rides out inside the group before it is treated as stuck.")
     consumer_rejoin_timeout_s: float = Field(default=60.0, gt=0, description="With no partition assignment (not even an empty one) for this long, the consumer reopens its Kafka client: librdkafka can stay stuck rejoining its group after a broker stall.")
+    consumer_replicas: int = Field(default=1, ge=1, description="Consumers in the group IOT_KAFKA_CONSUMER_GROUP; replica i (IOT_REPLICA_INDEX, or `consumer --replica i`) is the static member IOT_KAFKA_CONSUMER_GROUP-{i} (docs/design.md §10).")
 
     # PostgreSQL.
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
@@ -175,6 +177,12 @@ class Settings(BaseSettings):
     def mqtt_port(self) -> int:
         parts = urlsplit(self.mqtt_url)
         return parts.port or MQTT_SCHEMES[parts.scheme]
+
+    @property
+    def consumer_instance_id(self) -> str:
+        """This consumer replica's static group membership (``group.instance.id``): a restarted replica
+        takes its partitions back without a rebalance (docs/design.md §10)."""
+        return f"{self.kafka_consumer_group}-{self.replica_index}"
 
     @property
     def dagster_url(self) -> str:
