@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, description="Dagster webserver port.")
     exit_with_parent: bool = Field(default=False, description="A service stops when the process that started it dies (set under Dagster).")
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
-    consumer_replicas: int = Field(default=1, ge=1, description="Consumer replicas in the consumer group; service_watchdog keeps replicas 0 .. N-1 running, and stops a replica that lowering N removes.")
+    consumer_replicas: int = Field(default=1, ge=1, description="Consumers in the group IOT_KAFKA_CONSUMER_GROUP; replica i (IOT_REPLICA_INDEX, or `consumer --replica i`) is the static member IOT_KAFKA_CONSUMER_GROUP-{i} (docs/design.md §10); service_watchdog keeps replicas 0 .. N-1 running and stops one that lowering N removes.")
     dagster_supervises_services: bool = Field(default=True, description="service_watchdog launches and supervises the bridge and consumer replicas; false: another supervisor (Kubernetes) runs them and the watchdog launches nothing.")
     service_stall_timeout_s: float = Field(default=300.0, gt=0, description="service_watchdog kills and relaunches a service that made no progress while work waited (unacked messages, records not stored) or stopped reporting for this long.")
     bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     def mqtt_port(self) -> int:
         parts = urlsplit(self.mqtt_url)
         return parts.port or MQTT_SCHEMES[parts.scheme]
+
+    @property
+    def consumer_instance_id(self) -> str:
+        """This consumer replica's static group membership (``group.instance.id``): a restarted replica
+        takes its partitions back without a rebalance (docs/design.md §10)."""
+        return f"{self.kafka_consumer_group}-{self.replica_index}"
 
     @property
     def dagster_url(self) -> str:

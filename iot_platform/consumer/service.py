@@ -61,6 +61,9 @@ def kafka_config(settings: Settings) -> dict[str, Any]:
     return {
         **settings.kafka_config(),
         "group.id": settings.kafka_consumer_group,
+        # Static membership: a restarted replica takes its partitions back without a rebalance; it never
+        # sends LeaveGroup, so a replica scaled away keeps its partitions until the session times out.
+        "group.instance.id": settings.consumer_instance_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",  # a partition with no stored position starts at its beginning
@@ -148,7 +151,8 @@ class ConsumerService:
         self._progress = ProgressFile(self.settings.home, "consumer", service_identity("consumer", self.settings))
         consumer = self._open_consumer()
         log.info("consumer started", extra={"topics": [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
-                                            "group": self.settings.kafka_consumer_group})
+                                            "group": self.settings.kafka_consumer_group,
+                                            "instance": self.settings.consumer_instance_id})
         try:
             while not self._stopping.is_set():
                 self._collect(consumer)

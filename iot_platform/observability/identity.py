@@ -1,8 +1,8 @@
 """Which identity a service process runs as: the key of its instance lock, progress file and logs.
 
-Today one bridge per MQTT client id and one consumer per consumer group; replicas will give each
-its own identity (the bridge's client id per replica, a consumer's static group instance), and
-everything keyed by identity (locks, progress files, the watchdog's reading) takes them as they are.
+A bridge is its MQTT client id; a consumer replica is its static group member
+``{IOT_KAFKA_CONSUMER_GROUP}-{IOT_REPLICA_INDEX}`` (docs/design.md §10). Everything keyed by identity
+(locks, progress files, the watchdog's reading) takes them as they are.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from collections.abc import Callable
 from iot_platform.observability.instance_lock import AlreadyRunning, service_instance
 from iot_platform.settings import Settings
 
-IDENTITY_SETTING = {"bridge": "IOT_MQTT_CLIENT_ID", "consumer": "IOT_KAFKA_CONSUMER_GROUP"}
+IDENTITY_SETTING = {"bridge": "IOT_MQTT_CLIENT_ID", "consumer": "IOT_KAFKA_CONSUMER_GROUP-IOT_REPLICA_INDEX"}
 
 
 def service_identity(service: str, settings: Settings) -> str:
     """The identity of ``service`` ("bridge" or "consumer") under ``settings``."""
     if service == "bridge":
         return settings.mqtt_client_id
-    if service == "consumer":  # replica 0 keeps the single consumer's identity
-        return settings.kafka_consumer_group if settings.replica_index == 0 else f"{settings.kafka_consumer_group}-{settings.replica_index}"
+    if service == "consumer":
+        return settings.consumer_instance_id
     raise ValueError(f"unknown service {service!r}")
 
 

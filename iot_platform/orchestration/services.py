@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from iot_platform.observability.replica_counts import desired_replicas
 from iot_platform.orchestration.resources import PlatformSettings, PostgresResource
 
 SERVICE_TAG = "iot/service"
@@ -93,14 +94,16 @@ def service_command(service: Service, *args: str) -> list[str]:
 
 
 def _run_replica(context: dg.OpExecutionContext, service: Service, env: dict[str, str], pipes: dg.PipesSubprocessClient,
-                 *, drain: bool) -> None:
+                 *, drain: bool, replicas: int) -> None:
     # in_process_executor: this op runs in the run worker itself, so this pid is the worker's.
     context.instance.add_run_tags(context.run_id, {WORKER_PID_TAG: str(os.getpid()), WORKER_HOST_TAG: socket.gethostname()})
     tags = context.run.tags
     if drain and DRAIN_TAG not in tags:
         raise dg.Failure(f"a drain run needs the tag {DRAIN_TAG}={service.name}-<replica index>")
     index = replica_of(service, tags)
-    env = {**env, "IOT_REPLICA_INDEX": str(index)}
+    # The count the watchdog keeps (a later `dev up` may have changed it) is the replica's too: the bridge
+    # subscribes to the shared form only when there are several; a replica being drained counts itself.
+    env = {**env, "IOT_REPLICA_INDEX": str(index), f"IOT_{service.name.upper()}_REPLICAS": str(max(replicas, index + 1))}
     if tags.get(UNDRAIN_TAG) == "true":
         undrain = subprocess.run(service_command(service, "--undrain"), env={**os.environ, **env}, capture_output=True,
                                  text=True, timeout=UNDRAIN_TIMEOUT_S)
@@ -118,7 +121,8 @@ def _service_job(service: Service, *, drain: bool = False) -> dg.JobDefinition:
     @dg.op(name=f"{'drain' if drain else 'run'}_{service.name}", description=service.description)
     def run_service(context: dg.OpExecutionContext, platform: PlatformSettings, postgres: PostgresResource,
                     pipes: dg.PipesSubprocessClient) -> None:
-        _run_replica(context, service, {**platform.child_env(), **postgres.child_env()}, pipes, drain=drain)
+        replicas = desired_replicas(platform.get(postgres))[service.name]
+        _run_replica(context, service, {**platform.child_env(), **postgres.child_env()}, pipes, drain=drain, replicas=replicas)
 
     description = (f"Drains one {service.name} replica (tag {DRAIN_TAG}): hands its MQTT session over, then ends; "
                    "requested by service_watchdog when IOT_BRIDGE_REPLICAS is lowered." if drain else

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
-from iot_platform.consumer.writer import Batch, BatchWriter
+from iot_platform.consumer.writer import Batch, BatchWriter, WriteResult
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations
+from iot_platform_tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 NOW_MS = int(time.time() * 1000)
@@ -117,3 +119,49 @@ def test_replay_past_the_fence_is_harmless(settings: Settings) -> None:
     assert rows_by_offset(settings) == {0: (b'{"msg_id": "a"}', False), 1: (b"raw-1", True), 3: (b'{"v": 3}', False)}
     assert scalar(settings, "SELECT first_kafka_offset FROM iot.duplicate_messages WHERE kafka_offset = 2") == 0
     assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 4
+
+
+def _lock_waiters(settings: Settings) -> int:
+    return int(scalar(settings, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+
+def test_racing_writers_on_one_partition_store_each_record_once(settings: Settings) -> None:
+    """Two replicas both believing they own partition 0 (a rebalance under load): one holds offsets
+    0-199, the other 0-99. Both are started while a third session holds the partition's offset row, so
+    they race from the same stored position; released together, the first stores 200 rows and the
+    second, fenced by the row lock, skips its 100 as replays. Nothing is stored twice and the stored
+    position stays at 200 (without the lock, or without the max, the second writer moves it back to 100)."""
+    apply_migrations(settings)
+    key = (settings.kafka_topic, 0)
+    long_writer, short_writer = BatchWriter(settings), BatchWriter(settings)
+    holder = connect(settings)
+    results: dict[str, object] = {}
+
+    def write(name: str, writer: BatchWriter, end: int) -> None:
+        try:
+            results[name] = writer.write(Batch([row(i, json_text='{"v": %d}' % i) for i in range(end)], [], {key: end}))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            results[name] = exc
+
+    threads = [threading.Thread(target=write, args=("long", long_writer, 200)), threading.Thread(target=write, args=("short", short_writer, 100))]
+    try:
+        long_writer.write(Batch([], [], {key: 0}))  # the partition's offset row exists, at 0
+        with holder.cursor() as cur:
+            cur.execute("SELECT next_offset FROM iot.ingest_offsets WHERE topic = %s AND partition = 0 FOR UPDATE", (key[0],))
+        for waiting, thread in enumerate(threads, start=1):
+            thread.start()
+            wait_for(lambda n=waiting: _lock_waiters(settings) >= n, 30, f"{waiting} writer(s) waiting on the offset row", interval_s=0.05)
+        holder.commit()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        holder.close()
+        long_writer.close()
+        short_writer.close()
+    long, short = results["long"], results["short"]
+    assert isinstance(long, WriteResult) and isinstance(short, WriteResult), results
+    assert (long.inserted, long.replays_skipped) == (200, 0)
+    assert (short.inserted, short.replays_skipped, short.duplicates_message_id) == (0, 100, 0)
+    assert scalar(settings, "SELECT count(*) FROM iot.messages") == 200
+    assert scalar(settings, "SELECT count(DISTINCT kafka_offset) FROM iot.messages") == 200
+    assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 200

@@ -26,7 +26,7 @@ def _start(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.parametrize(("service", "setting"), [("bridge", "IOT_MQTT_CLIENT_ID"), ("consumer", "IOT_KAFKA_CONSUMER_GROUP")])
+@pytest.mark.parametrize(("service", "setting"), [("bridge", "IOT_MQTT_CLIENT_ID"), ("consumer", "IOT_KAFKA_CONSUMER_GROUP-IOT_REPLICA_INDEX")])
 def test_a_second_instance_of_an_identity_refuses_to_start_and_names_the_first(tmp_path: Path, service: str, setting: str) -> None:
     """The first instance runs (its servers are unreachable, so it keeps retrying); the second exits 1
     within seconds naming the first's pid and the setting, and leaves the first alone. Once the first

@@ -55,6 +55,7 @@ def test_consumer_replica_flag_sets_the_replica_and_rejects_a_negative_index(mon
     started: list[int] = []
     monkeypatch.setattr(consumer_cli, "run_as_only_instance", lambda service, settings, body: started.append(settings.replica_index) or 0)
     monkeypatch.setenv("IOT_HOME", str(tmp_path))
+    monkeypatch.setenv("IOT_CONSUMER_REPLICAS", "3")
     monkeypatch.setenv("IOT_REPLICA_INDEX", "1")
     assert cli.main(["consumer", "--replica", "2"]) == 0 and started == [2]
     assert cli.main(["consumer"]) == 0 and started == [2, 1]
