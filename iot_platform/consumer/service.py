@@ -11,7 +11,8 @@ topic's retention) are the one loss it cannot prevent; it makes it loud: the gap
 ``iot_consumer_records_expired_before_read`` and logged as an ERROR with its offsets. Database errors retry the same batch with jittered backoff, reconnecting, and never advance
 an offset; the consumer stays in its group meanwhile (up to ``consumer_max_poll_interval_ms``).
 On SIGTERM/SIGINT the batch in hand is written (or abandoned if the database is down), then the
-consumer leaves its group and exits 0.
+consumer leaves its group and exits 0; 1 if its Kafka client does not close within
+``IOT_CONSUMER_CLOSE_TIMEOUT_S`` (kafka_client.py), so that a supervisor restarts it.
 
 Threads: the main thread reads and classifies Kafka records and formats each batch's COPY text; one
 database thread (write_thread.py) writes. Batch N+1 is collected while batch N is written (handed
@@ -34,11 +35,11 @@ import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from iot_platform.access.kafka_credentials import authentication_message, is_authentication_failure
+from iot_platform.consumer.kafka_client import BoundedCloser, kafka_config
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.pending import PendingBatch, make_batch, row_key
 from iot_platform.consumer.positions import Positions
@@ -57,24 +58,12 @@ log = logging.getLogger(__name__)
 _CONSUME_CHUNK = 500
 
 
-def kafka_config(settings: Settings) -> dict[str, Any]:
-    return {
-        **settings.kafka_config(),
-        "group.id": settings.kafka_consumer_group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",  # a partition with no stored position starts at its beginning
-        "session.timeout.ms": settings.consumer_session_timeout_ms,
-        "heartbeat.interval.ms": max(500, settings.consumer_session_timeout_ms // 4),
-        "max.poll.interval.ms": settings.consumer_max_poll_interval_ms,
-        "socket.timeout.ms": settings.kafka_request_timeout_ms,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "client.id": "iot-postgres-writer",
-    }
-
-
 class KafkaAuthenticationFailed(RuntimeError):
     """Kafka refused the consumer's credentials (a misconfiguration: the service exits 1)."""
+
+
+class KafkaClientWedged(RuntimeError):
+    """A second Kafka client got stuck while an earlier one was still closing: restart the process."""
 
 
 @dataclass
@@ -104,12 +93,16 @@ class ConsumerService:
         self._heartbeat_inserted = 0
         self._lag_total = 0
         self._progress: ProgressFile  # made in run(), under IOT_HOME
+        self._consumer: Consumer | None = None  # the current client; callbacks of a retired one are ignored
+        self._closer = BoundedCloser()
 
     def stop(self) -> None:
         self._stopping.set()
 
     # -- rebalance callbacks (run inside consume()) -------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a retired client, closing in the background
         keys = [(tp.topic, tp.partition) for tp in partitions]
         stored = retry_infrastructure(
             lambda: self._db.call(lambda: self.writer.stored_offsets(keys)), description="read stored offsets",
@@ -124,7 +117,12 @@ class ConsumerService:
         log.info("partitions assigned", extra={"partitions": {f"{t}[{p}]": stored.get((t, p)) for t, p in keys}})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
+        if consumer is not self._consumer:
+            return  # a retired client: the service forgot its partitions when it retired it
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, consumer)
+
+    def _forget(self, gone: set[tuple[str, int]], consumer: Consumer) -> None:
+        """Give up ``gone``: settle the batch in flight, drop their pending records and positions."""
         self._settle_in_flight(consumer, gone)
         # Unwritten records of a revoked partition are dropped: its next owner starts from the database.
         self._pending.drop(gone)
@@ -133,7 +131,8 @@ class ConsumerService:
             self.metrics.forget_lag(topic, partition)
         if not self.positions.assigned():
             self._unassigned_since = time.monotonic()
-        log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in gone)})
+        if gone:
+            log.info("partitions revoked", extra={"partitions": sorted(f"{t}[{p}]" for t, p in gone)})
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -142,6 +141,10 @@ class ConsumerService:
             return self._run()
         except KafkaAuthenticationFailed as exc:
             log.critical("kafka authentication failed: stopping", extra={"error": str(exc)})
+            return 1
+        except KafkaClientWedged as exc:
+            log.critical("kafka clients keep getting stuck: exiting so that the supervisor restarts the consumer",
+                         extra={"error": str(exc)})
             return 1
 
     def _run(self) -> int:
@@ -163,11 +166,18 @@ class ConsumerService:
             self._finish_in_flight(consumer)
         finally:
             try:
-                consumer.close()  # its revocation callback still settles a batch in flight
+                # Its revocation callback (on the closing thread, while this one waits) still settles a
+                # batch in flight.
+                closed = self._closer.close(self._consumer or consumer, self.settings.consumer_close_timeout_s)
             finally:
+                self._consumer = None
                 self._db.close()
                 self._progress.close()
             log.info("consumer stopped", extra={"totals": vars(self.metrics.totals)})
+        if not closed:
+            log.error("the Kafka client did not close in time: exiting 1 (positions are in PostgreSQL)",
+                      extra={"timeout_s": self.settings.consumer_close_timeout_s})
+            return 1
         return 0
 
     def _open_consumer(self) -> Consumer:
@@ -178,6 +188,7 @@ class ConsumerService:
             [self.settings.kafka_topic, self.settings.kafka_dlq_topic],
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke,
         )
+        self._consumer = consumer
         self._unassigned_since = time.monotonic()
         return consumer
 
@@ -185,10 +196,13 @@ class ConsumerService:
         """A new Kafka client when the group has given this one no assignment for too long.
 
         librdkafka calls on_assign after every rebalance, with an empty list for a member that gets no
-        partition. After a broker stall it can instead stay stuck rejoining (seen once in this project's
-        CI runs of the 30 s Kafka SIGSTOP fault test: the coordinator's requests queued and timed out for
-        minutes). Reopening loses nothing: without an assignment nothing is pending or in flight (the
-        revocation settled them), and positions come from PostgreSQL on the next assignment.
+        partition. A client that lost its coordinator is instead revoked by its own session timeout
+        and never assigned again; librdkafka 2.10-2.16 loses every broker for good when a Metadata
+        response lists none (a fenced single broker, docs/design.md §4.2), and then close() never
+        returns. So the old client is retired first (its partitions forgotten here, its callbacks
+        ignored from now on), closed within ``IOT_CONSUMER_CLOSE_TIMEOUT_S`` and otherwise left
+        closing in the background. Nothing is lost: positions come from PostgreSQL on the next
+        assignment. A second stuck client while the first is still closing ends the process (exit 1).
         """
         since = self._unassigned_since
         if since is None or time.monotonic() - since < self.settings.consumer_rejoin_timeout_s:
@@ -196,11 +210,15 @@ class ConsumerService:
         log.warning("no partition assignment from the group; reopening the Kafka consumer",
                     extra={"waited_s": round(time.monotonic() - since, 1)})
         self._finish_in_flight(consumer)
-        # close() leaves the group, and revokes through _on_revoke any assignment it is given meanwhile.
-        # With Kafka blackholed it returned once Kafka answered again (about 16 s in the fault test).
-        consumer.close()
+        self._forget(set(self.positions.assigned()), consumer)
+        self._consumer = None
+        if not self._closer.close(consumer, self.settings.consumer_close_timeout_s):
+            log.error("the old Kafka client did not close in time; it is left closing in the background",
+                      extra={"timeout_s": self.settings.consumer_close_timeout_s})
+            if self._closer.still_closing() > 1:
+                raise KafkaClientWedged(f"{self._closer.still_closing()} Kafka clients did not close")
         self.metrics.record_reopen()
-        log.info("kafka consumer closed; opening a new one")
+        log.info("opening a new kafka consumer")
         return self._open_consumer()
 
     def _collect(self, consumer: Consumer) -> None:
