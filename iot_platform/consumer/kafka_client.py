@@ -1,4 +1,4 @@
-"""The consumer's Kafka client: its configuration, and a close that never blocks for long.
+"""The consumer's Kafka client: its configuration, its errors, and a close that never blocks for long.
 
 Guarantee: :meth:`BoundedCloser.close` returns within its timeout, whether or not librdkafka's
 ``close()`` does. That ``close()`` waits for the group coordinator (offset commits in flight, the
@@ -14,10 +14,24 @@ service ignores callbacks of a client it retired).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaError, KafkaException
+
+from iot_platform.access.kafka_credentials import authentication_message, is_authentication_failure
 from iot_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class KafkaAuthenticationFailed(RuntimeError):
+    """Kafka refused the consumer's credentials (a misconfiguration: the service exits 1)."""
+
+
+class KafkaClientWedged(RuntimeError):
+    """A second Kafka client got stuck while an earlier one was still closing: restart the process."""
 
 
 class Closeable(Protocol):
@@ -39,6 +53,21 @@ def kafka_config(settings: Settings) -> dict[str, Any]:
         "fetch.max.bytes": 64 * 1024 * 1024,
         "client.id": "iot-postgres-writer",
     }
+
+
+def check_client_error(error: KafkaError) -> None:
+    """librdkafka's error callback (runs inside consume()): wrong credentials stop the consumer."""
+    if is_authentication_failure(error.code()):
+        raise KafkaAuthenticationFailed(authentication_message(error.str()))
+    check_error(error)
+
+
+def check_error(error: KafkaError) -> None:
+    """A record's or the client's error: fatal ones raise, others are logged (end of partition is no error)."""
+    if error.fatal():
+        raise KafkaException(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("kafka error", extra={"error": str(error)})
 
 
 class BoundedCloser:
