@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.positions import Positions
+from iot_platform.observability.kafka_watermarks import cached_high_watermarks
 from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 
@@ -48,13 +49,9 @@ class Reporter:
     def _update_lag(self, consumer: Consumer) -> int:
         """Per partition: the broker's high watermark (as last fetched) minus the stored position."""
         total = 0
-        for topic, partition in self._positions.assigned():
+        for (topic, partition), high in cached_high_watermarks(consumer, self._positions.assigned()).items():
             position = self._positions.next_offset((topic, partition))
-            try:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:
-                continue
-            if high >= 0 and position is not None:
+            if position is not None:
                 lag = max(0, high - position)
                 self._metrics.set_lag(topic, partition, lag)
                 total += lag
