@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from iot_platform.consumer.kafka_client import BoundedCloser, KafkaClientWedged, check_client_error, kafka_config
 from iot_platform.consumer.metrics import ConsumerMetrics
@@ -45,7 +45,17 @@ class GroupMember:
         self._closer = BoundedCloser()
 
     def open(self) -> Consumer:
-        consumer = Consumer({**kafka_config(self._settings), "error_cb": check_client_error},
+        consumer: Consumer | None = None
+
+        def on_error(error: KafkaError) -> None:
+            if consumer is not None and consumer is not self.client:
+                # A retired client, still closing: its errors (fenced by its successor's static
+                # membership, say) stop nothing.
+                log.info("kafka error of a retired client", extra={"error": str(error)})
+                return
+            check_client_error(error)
+
+        consumer = Consumer({**kafka_config(self._settings), "error_cb": on_error},
                             logger=logging.getLogger("iot_platform.consumer.kafka"))
         consumer.subscribe([self._settings.kafka_topic, self._settings.kafka_dlq_topic],
                            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)

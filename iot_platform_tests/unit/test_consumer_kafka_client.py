@@ -100,3 +100,31 @@ def test_a_client_given_no_assignment_is_replaced_and_a_second_stuck_one_ends_th
             member.replace_if_stuck(second)  # type: ignore[arg-type]
     finally:
         release.set()
+
+
+def test_errors_of_a_retired_client_stop_nothing_those_of_the_current_one_still_do(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A retired client still closing may report a fatal error (fenced by its successor, which has the
+    same static membership): ignored. The same error from the current client still stops the consumer."""
+    import pytest
+    from confluent_kafka import KafkaError, KafkaException
+
+    from iot_platform.consumer import group
+    from iot_platform.consumer.metrics import ConsumerMetrics
+    from iot_platform.consumer.pending import PendingBatch
+    from iot_platform.consumer.positions import Positions
+    from iot_platform.settings import Settings
+
+    class _Consumer:
+        def __init__(self, config: dict, logger: object = None) -> None:
+            self.config = config
+
+        def subscribe(self, topics: list[str], **callbacks: object) -> None: ...
+
+    monkeypatch.setattr(group, "Consumer", _Consumer)
+    member = group.GroupMember(Settings(home=tmp_path, consumer_metrics_port=0), ConsumerMetrics(), _Sink(),  # type: ignore[arg-type]
+                               Positions(), PendingBatch("msgs"))
+    retired, current = member.open(), member.open()
+    fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+    retired.config["error_cb"](fenced)  # type: ignore[attr-defined]
+    with pytest.raises(KafkaException):
+        current.config["error_cb"](fenced)  # type: ignore[attr-defined]
