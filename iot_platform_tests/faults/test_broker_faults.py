@@ -61,7 +61,7 @@ def test_kafka_sigstopped_30s(stack: PrivateStack, settings: Settings, tmp_path:
     flight and its close() hanging (docs/design.md §4.2). The consumer, revoked by its session timeout,
     replaces a client the group never assigns again after its rejoin timeout (30 s here instead of 60 s,
     to keep the suite short: the new client starts after Kafka is back) and leaves the old one closing.
-    On 2026-12-01, 4 runs of 4 passed; 2 needed that replacement, and in one of them the old client's
+    On 2026-12-01, 5 runs of 5 passed; 2 of the 4 inspected needed that replacement, in one the old client's
     close had not returned 5 s later (left closing; the new client was assigned 0.1 s after)."""
     settings = settings.model_copy(update={"consumer_rejoin_timeout_s": 30.0, "consumer_close_timeout_s": 5.0})
 
