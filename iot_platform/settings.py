@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     message_id_field: str = Field(default="msg_id", description="JSON field that deduplicates messages produced twice.")
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, description="Kafka group session timeout: how long a crashed consumer's partitions wait before reassignment.")
     consumer_max_poll_interval_ms: int = Field(default=600_000, ge=10_000, description="Longest database outage a consumer rides out inside the group before it is treated as stuck.")
-    consumer_rejoin_timeout_s: float = Field(default=60.0, gt=0, description="With no partition assignment (not even an empty one) for this long, the consumer reopens its Kafka client: librdkafka can stay stuck rejoining its group after a broker stall.")
+    consumer_rejoin_timeout_s: float = Field(default=60.0, gt=0, description="With no partition assignment (not even an empty one) for this long, the consumer replaces its Kafka client: librdkafka can lose every broker after a broker stall and never rejoin (docs/design.md §4.2).")
+    consumer_close_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the consumer's Kafka client to close. When it stops, past this it exits 1 (its supervisor restarts it; positions are in PostgreSQL); when it replaces a stuck client, the old one is left closing in the background.")
 
     # PostgreSQL.
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from iot_platform.consumer.writer import Batch, BatchWriter, WriteResult
+from iot_platform.consumer.pending import Batch
+from iot_platform.consumer.positions import TopicPartitionKey
+from iot_platform.consumer.writer import BatchWriter, WriteResult
 
 T = TypeVar("T")
 
@@ -27,6 +29,10 @@ class WriteThread:
     def submit(self, batch: Batch) -> Future[tuple[WriteResult, float]]:
         """Start writing ``batch``; the future holds (result, seconds) or the write's exception."""
         return self._executor.submit(self._timed_write, batch)
+
+    def stored_offsets(self, keys: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """The next offsets stored for ``keys``, read after anything submitted before (so including it)."""
+        return self.call(lambda: self._writer.stored_offsets(keys))
 
     def call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the database thread (after anything submitted before) and wait for it."""

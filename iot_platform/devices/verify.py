@@ -2,7 +2,8 @@
 
 Read-only: SELECTs on ``iot.messages``, ``iot.dead_letters``, ``iot.ingest_offsets`` and
 ``iot.expired_offsets`` (records Kafka deleted before the consumer read them), and a
-watermark query per Kafka partition (a consumer that never joins its group nor commits). Every call
+watermark query per Kafka partition (observability/kafka_watermarks.py: a client that never joins
+its group nor commits). Every call
 has a timeout. ``wait_until_drained`` polls until the consumer has stored every record Kafka holds,
 so a verification right after a run does not count messages still in flight as lost.
 """
@@ -15,9 +16,8 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
-from confluent_kafka import Consumer, TopicPartition
-
 from iot_platform.devices.verify_report import Expectation, PartitionOffsets, build_report
+from iot_platform.observability.kafka_watermarks import topic_watermarks, watermark_reader
 from iot_platform.settings import Settings
 from iot_platform.storage.audit import expired_offsets
 from iot_platform.storage.db import connect
@@ -75,24 +75,10 @@ def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> lis
             stored = {(topic, partition): next_offset for topic, partition, next_offset in cur.fetchall()}
     finally:
         conn.close()
-    consumer = Consumer({
-        **settings.kafka_config(),
-        "group.id": f"iot-verify-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "socket.timeout.ms": int(timeout_s * 1000),
-    })
-    try:
-        result = []
-        for topic in topics:
-            metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-            if metadata.error is not None:
-                raise RuntimeError(f"Kafka topic {topic!r}: {metadata.error}")
-            for partition in sorted(metadata.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s, cached=False)
-                result.append(PartitionOffsets(topic, partition, low, high, stored.get((topic, partition))))
-        return result
-    finally:
-        consumer.close()
+    with watermark_reader(settings, "verify", timeout_s) as client:
+        watermarks = topic_watermarks(client, topics, timeout_s)
+    return [PartitionOffsets(topic, partition, low, high, stored.get((topic, partition)))
+            for (topic, partition), (low, high) in watermarks.items()]
 
 
 def wait_until_drained(settings: Settings, timeout_s: float, interval_s: float = 1.0) -> bool:

@@ -45,20 +45,11 @@ def rate(previous: dict | None, current_total: int | None, at: float, key: str) 
 
 
 def kafka_end_offsets(settings: Settings) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+    from iot_platform.observability.kafka_watermarks import topic_watermarks, watermark_reader
 
-    consumer = Consumer({**settings.kafka_config(), "group.id": "iot-platform-observer",
-                         "enable.auto.commit": False, "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000)})
-    try:
-        topic = consumer.list_topics(settings.kafka_topic, timeout=KAFKA_TIMEOUT_S).topics[settings.kafka_topic]
-        if topic.error is not None:
-            raise RuntimeError(str(topic.error))
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(settings.kafka_topic, p), timeout=KAFKA_TIMEOUT_S)[1]
-            for p in sorted(topic.partitions)
-        }
-    finally:
-        consumer.close()
+    with watermark_reader(settings, "observer", KAFKA_TIMEOUT_S) as client:
+        watermarks = topic_watermarks(client, [settings.kafka_topic], KAFKA_TIMEOUT_S)
+    return {partition: high for (_topic, partition), (_low, high) in watermarks.items()}
 
 
 def take_snapshot(settings: Settings, errors: dict[str, str]) -> Snapshot:

@@ -10,7 +10,7 @@ import pytest
 
 from iot_platform.consumer.cli import replica_problem
 from iot_platform.observability.pidfile import replica_pidfile_name
-from iot_platform.consumer.service import kafka_config
+from iot_platform.consumer.kafka_client import kafka_config
 from iot_platform.observability.identity import service_identity
 from iot_platform.settings import Settings
 

@@ -91,9 +91,11 @@ def test_batch_next_offsets_per_topic_partition() -> None:
 def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Stopping while the database is down abandons the batch in flight; the batch prepared behind it
     is not written either (its stored offsets would skip the abandoned records for good)."""
+    import threading
     from concurrent.futures import Future
 
-    from iot_platform.consumer.service import ConsumerService, InFlightBatch
+    from iot_platform.consumer.metrics import ConsumerMetrics
+    from iot_platform.consumer.sink import BatchSink
     from iot_platform.settings import Settings
 
     class DatabaseDown:
@@ -106,17 +108,18 @@ def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type:
             attempt.set_exception(psycopg2.OperationalError("database down"))
             return attempt
 
-    service = ConsumerService(Settings(home=tmp_path, kafka_topic="msgs", consumer_metrics_port=0))
-    database = DatabaseDown()
-    service._db = database  # type: ignore[assignment]
+    database, stopping, committed = DatabaseDown(), threading.Event(), []
+    sink = BatchSink(Settings(home=tmp_path, kafka_topic="msgs", consumer_metrics_port=0), ConsumerMetrics(),
+                     database, stopping, on_commit=committed.append)  # type: ignore[arg-type]
     first = [MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 0)]
-    service._in_flight = InFlightBatch(first, make_batch(first, "msgs"), database.submit(make_batch(first, "msgs")))
-    service._pending.append(MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 1))
-    service.stop()
-    ready = service._prepare()
-    service._finish_in_flight(consumer=None)  # type: ignore[arg-type]
-    service._submit(ready)
-    assert len(database.submitted) == 1 and service._in_flight is None
+    sink.submit((first, make_batch(first, "msgs")))
+    pending = PendingBatch("msgs")
+    pending.append(MessageRow("t", "p", "x", b"", None, None, None, None, 0, 0, 1))
+    stopping.set()
+    ready = pending.take()
+    sink.finish()
+    sink.submit(ready)
+    assert len(database.submitted) == 1 and sink.records_in_flight() == 0 and committed == []
 
 
 def test_pending_batch_formats_as_rows_arrive_and_drops_revoked_partitions() -> None:
