@@ -1,8 +1,8 @@
 """Which identity a service process runs as: the key of its instance lock, progress file and logs.
 
-Today one bridge per MQTT client id and one consumer per consumer group; replicas will give each
-its own identity (the bridge's client id per replica, a consumer's static group instance), and
-everything keyed by identity (locks, progress files, the watchdog's reading) takes them as they are.
+A bridge replica is its MQTT client id (``Settings.bridge_client_id``: IOT_MQTT_CLIENT_ID, with
+``-{i}`` for replica i > 0), a consumer its consumer group; everything keyed by identity (locks,
+progress files, drain marks, the watchdog's reading) takes them as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ IDENTITY_SETTING = {"bridge": "IOT_MQTT_CLIENT_ID", "consumer": "IOT_KAFKA_CONSU
 def service_identity(service: str, settings: Settings) -> str:
     """The identity of ``service`` ("bridge" or "consumer") under ``settings``."""
     if service == "bridge":
-        return settings.mqtt_client_id
+        return settings.bridge_client_id
     if service == "consumer":
         return settings.kafka_consumer_group
     raise ValueError(f"unknown service {service!r}")

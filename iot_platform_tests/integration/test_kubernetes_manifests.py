@@ -45,9 +45,8 @@ NAMESPACE = "iot"
 # IOT_* variables the manifests set before the code reads them. Each name here must NOT yet be a
 # setting (test_pending_variables_are_not_settings_yet goes red once it is: then delete it here).
 PENDING_SETTINGS = {
-    # issue 14 (replicas with stable identities; Kubernetes, not Dagster, supervises the services)
-    "IOT_REPLICA_INDEX", "IOT_BRIDGE_REPLICAS", "IOT_CONSUMER_REPLICAS", "IOT_MQTT_SHARE_GROUP",
-    "IOT_DAGSTER_SUPERVISES_SERVICES",
+    # issue 14 (consumer replicas; Kubernetes, not Dagster, supervises the services)
+    "IOT_CONSUMER_REPLICAS", "IOT_DAGSTER_SUPERVISES_SERVICES",
 }
 
 
