@@ -30,6 +30,7 @@ from iot_platform.bridge.paho_client import PublicBridgeClient
 
 # Most packets the bridge reads are ~200-byte PUBLISHes; one recv() takes many of them at once.
 _RECV_CHUNK = 256 * 1024
+_TLS_RECORD = 16 * 1024  # the most plaintext one TLS record (so one SSLSocket.recv) returns
 _PACKETS_PER_READ = 1_000  # then let paho write the queued PUBACKs and check keepalive
 _PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: a success PUBACK in 3.1.1 and 5
 
@@ -42,10 +43,12 @@ class _BufferedSocket:
     telling paho through ``pending()`` (the hook it uses for TLS sockets) that bytes are buffered,
     removes most system calls per message. Everything else is the real socket's.
 
-    On a TLS socket one ``recv()`` returns at most one TLS record (16 KiB, ~80 telemetry messages):
-    ``pending()`` then also counts what OpenSSL has decrypted but not handed out, which select()
-    cannot see, so paho reads it without waiting for the socket. A non-blocking TLS socket with
-    nothing decrypted raises ``SSLWantReadError`` from ``recv()``; paho reads that as "no data yet".
+    On a TLS socket one ``recv()`` returns at most one TLS record, and Mosquitto writes a record per
+    packet: a read therefore gathers the records already readable (up to ``_RECV_CHUNK``), so paho's
+    loop (a select() per turn) runs once per chunk, not once per message. ``pending()`` also counts
+    what OpenSSL has decrypted but not handed out, which select() cannot see. A non-blocking TLS
+    socket with nothing decrypted raises ``SSLWantReadError`` from ``recv()``; paho reads that as
+    "no data yet".
     """
 
     def __init__(self, sock: Any) -> None:
@@ -56,7 +59,7 @@ class _BufferedSocket:
 
     def recv(self, bufsize: int) -> bytes:
         if self._offset >= len(self._data):
-            data = self._sock.recv(max(bufsize, _RECV_CHUNK))
+            data = self._read(max(bufsize, _RECV_CHUNK))
             if len(data) <= bufsize:
                 return data
             self._data, self._offset = data, 0
@@ -64,6 +67,24 @@ class _BufferedSocket:
         chunk = self._data[self._offset : end]
         self._offset = end
         return chunk
+
+    def _read(self, size: int) -> bytes:
+        if self._decrypted is None:
+            return self._sock.recv(size)
+        data = self._sock.recv(_TLS_RECORD)  # SSLWantReadError when nothing is there: paho's "no data yet"
+        if not data or self._sock.gettimeout() != 0.0:  # gather only where a read cannot block
+            return data
+        parts, total = [data], len(data)
+        while total < size:
+            try:
+                more = self._sock.recv(_TLS_RECORD)
+            except OSError:  # nothing more yet (SSLWantReadError), or an error the next read reports
+                break
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts)
 
     def pending(self) -> int:
         buffered = len(self._data) - self._offset

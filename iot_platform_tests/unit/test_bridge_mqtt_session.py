@@ -98,6 +98,9 @@ class _CountingSocket:
     def pending(self) -> int:
         return self.sock.pending()
 
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
 
 def read_exactly(sock: "_BufferedSocket", size: int) -> bytes:
     """``size`` bytes, as paho assembles them: a read may end short at a record or buffer boundary."""
@@ -145,6 +148,42 @@ def test_buffered_tls_socket_serves_paho_sized_reads_from_few_tls_reads(tmp_path
             assert counting.recvs <= 40, counting.recvs  # ~13 records of 16 KiB, against 3,000 reads
             assert buffered.pending() == 0
             tls.setblocking(False)
+            with pytest.raises(ssl.SSLWantReadError):
+                buffered.recv(1)
+    finally:
+        done.set()
+        thread.join(10)
+
+
+@fast_only
+def test_buffered_tls_socket_gathers_the_records_already_readable(tmp_path: Path) -> None:
+    """Mosquitto writes one TLS record per packet: 100 packets sent as 100 records, all in the socket,
+    come out of one fill of the buffer of a non-blocking socket (as paho's is), not one per packet."""
+    cert = server_certificate(tmp_path, "broker")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert.cert, cert.key)
+    client_context = ssl.create_default_context(cafile=str(cert.ca))
+    packets = [bytes([0x30, 198]) + bytes([i % 256]) * 198 for i in range(100)]
+    left, right = socket.socketpair()
+    sent, done = threading.Event(), threading.Event()
+
+    def broker() -> None:
+        with server_context.wrap_socket(left, server_side=True) as tls:
+            for packet in packets:
+                tls.sendall(packet)  # one record each
+            sent.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=broker, daemon=True)
+    thread.start()
+    try:
+        with client_context.wrap_socket(right, server_hostname="localhost") as tls:
+            assert sent.wait(10), "the broker thread did not send"
+            tls.setblocking(False)
+            buffered = _BufferedSocket(tls)
+            first = buffered.recv(2)
+            assert buffered.pending() == 100 * 200 - 2, "every readable record in one fill"
+            assert first + read_exactly(buffered, 100 * 200 - 2) == b"".join(packets)
             with pytest.raises(ssl.SSLWantReadError):
                 buffered.recv(1)
     finally:
