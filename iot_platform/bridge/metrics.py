@@ -9,7 +9,7 @@ prometheus_client increment takes a lock (about 0.6 µs here):
   registry, like ``consumer/metrics.py``, updated per batch, never per message: the main loop adds
   what the counters grew by at most every ``PUBLISH_INTERVAL_S`` (``publish``), and reads the gauges
   then. The one exception is the delivery latency, a per-message distribution: it is observed on the
-  main thread as each delivery report arrives (about 1 µs a message, docs/benchmarks.md).
+  main thread as each delivery report arrives (no throughput cost measured, docs/benchmarks.md).
 A scrape sees the counters at most ``PUBLISH_INTERVAL_S`` old.
 """
 
