@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -25,8 +25,9 @@ from iot_platform.bridge import drain_marks
 from iot_platform.core.envelope import decode_envelope
 from iot_platform.settings import Settings
 from iot_platform_tests.helpers import run_cli, wait_for
-from iot_platform_tests.integration.test_bridge import (
+from iot_platform_tests.integration.test_bridge import (  # noqa: F401 - bridge_factory is a fixture
     BridgeProcess,
+    bridge_factory,
     Publisher,
     Record,
     publish_paced,
@@ -192,19 +193,13 @@ def test_a_session_keeps_both_subscription_forms_and_an_unsubscribe_keeps_what_w
 
 
 @pytest.fixture
-def replica_factory(tmp_path: Path) -> Iterator[Callable[[Settings, int, int], BridgeProcess]]:
-    started: list[BridgeProcess] = []
-
+def replica_factory(bridge_factory: Callable[[Settings], BridgeProcess]) -> Callable[[Settings, int, int], BridgeProcess]:
     def make(settings: Settings, index: int, replicas: int) -> BridgeProcess:
         # Its own bridge_id (the records' header): child_env() would hand every replica this process's.
-        replica = settings.model_copy(update={"replica_index": index, "bridge_replicas": replicas, "bridge_id": f"replica-{index}"})
-        bridge = BridgeProcess(replica, tmp_path / f"bridge-{index}-{len(started)}.log")
-        started.append(bridge)
-        return bridge
+        return bridge_factory(settings.model_copy(
+            update={"replica_index": index, "bridge_replicas": replicas, "bridge_id": f"replica-{index}"}))
 
-    yield make
-    for bridge in started:
-        bridge.kill()
+    return make
 
 
 def by_payload(records: list[Record]) -> dict[bytes, list[Record]]:
