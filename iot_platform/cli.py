@@ -18,7 +18,7 @@ from iot_platform.settings import Settings
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("iot_platform.stack.dev_cli", "Local platform: dev up | status | down."),
-    "bridge": ("iot_platform.bridge.cli", "Run the MQTT -> Kafka bridge in the foreground."),
+    "bridge": ("iot_platform.bridge.cli", "Run one MQTT -> Kafka bridge replica in the foreground, or drain one (--drain)."),
     "consumer": ("iot_platform.consumer.cli", "Run the Kafka -> PostgreSQL consumer in the foreground."),
     "migrate": ("iot_platform.storage.migrate_cli", "Apply the database migrations."),
     "tenants": ("iot_platform.access.tenants_cli", "Tenants: tenants add | disable | list, and their database roles: tenants sync | password."),

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     mqtt_topic_filter: str = Field(default=DEFAULT_TOPIC_FILTER, description="Subscription filter of the bridge.")
     mqtt_topic_grammar: str = Field(default=DEFAULT_TOPIC_GRAMMAR, description="Topic grammar with {tenant_id} and {project_id}.")
     mqtt_qos: int = Field(default=1, ge=1, le=1, description="Subscription QoS; only 1 is safe (docs/design.md §4.1).")
-    mqtt_client_id: str = Field(default="iot-platform-bridge", description="Client id; the persistent session is keyed on it.")
+    mqtt_client_id: str = Field(default="iot-platform-bridge", description="MQTT client id of the bridge (replica 0; replica i adds -{i}); its persistent session is keyed on it.")
     mqtt_keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive in seconds.")
     mqtt_connect_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one MQTT connect attempt.")
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, description="How long the broker keeps the bridge's session.")
@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
     mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
-    bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas, each its own MQTT client; service_watchdog keeps replicas 0 .. N-1 running, and drains a replica that lowering N removes.")
-    replica_index: int = Field(default=0, ge=0, description="Which replica this bridge or consumer is (its stable identity): set per run by Dagster, or from the StatefulSet pod index.")
+    bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas sharing the MQTT subscription; above 1 each takes the MQTT 5 shared subscription $share/{IOT_MQTT_SHARE_GROUP}/{filter} (docs/design.md §9); service_watchdog keeps replicas 0 .. N-1 running, and drains a replica that lowering N removes.")
+    mqtt_share_group: str = Field(default="iot-bridges", pattern=r"^[^/+#]+$", description="Shared-subscription group of the bridge replicas (no /, + or #).")
+    replica_index: int = Field(default=0, ge=0, description="Which replica this bridge or consumer is (0-based; set per run by Dagster, or from the StatefulSet pod index): bridge replica i is MQTT client IOT_MQTT_CLIENT_ID-{i}, replica 0 keeps IOT_MQTT_CLIENT_ID (docs/design.md §9); consumer replica i is the static member IOT_KAFKA_CONSUMER_GROUP-{i} (§10).")
 
     # Kafka.
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]. `dev up` runs its brokers there: with IOT_KAFKA_BROKERS=3 at each of three addresses, or at one address's port, +2 and +4.")
@@ -194,6 +195,15 @@ class Settings(BaseSettings):
         """This consumer replica's static group membership (``group.instance.id``): a restarted replica
         takes its partitions back without a rebalance (docs/design.md §10)."""
         return f"{self.kafka_consumer_group}-{self.replica_index}"
+
+    @property
+    def bridge_client_id(self) -> str:
+        """This bridge replica's MQTT client id, which keys its persistent session (docs/design.md §9).
+
+        Replica 0 keeps ``mqtt_client_id``: a single bridge's session, and whatever the broker queued in
+        it, carries over when it becomes replica 0 of several.
+        """
+        return self.mqtt_client_id if self.replica_index == 0 else f"{self.mqtt_client_id}-{self.replica_index}"
 
     @property
     def dagster_url(self) -> str:

@@ -16,11 +16,11 @@ API (paho_client.py), also forced with ``IOT_MQTT_CLIENT_PATH=public``.
 from __future__ import annotations
 
 import logging
+import time
 
 from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5, MQTTv311
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iot_platform.access.connection import bridge_credentials, configure
 from iot_platform.bridge.paho_client import PAHO_VERSION, PublicBridgeClient, choose_client_path
@@ -34,7 +34,7 @@ def make_client(settings: Settings) -> PublicBridgeClient:
     client_class = _fast_client_class(v5) if path.fast else PublicBridgeClient
     client = client_class(
         CallbackAPIVersion.VERSION2,
-        client_id=settings.mqtt_client_id,
+        client_id=settings.bridge_client_id,
         protocol=MQTTv5 if v5 else MQTTv311,
         clean_session=None if v5 else False,
         manual_ack=True,
@@ -67,8 +67,16 @@ def connect_async(client: Client, settings: Settings) -> None:
         client.connect_async(settings.mqtt_host, settings.mqtt_port, settings.mqtt_keepalive_s)
 
 
-def subscribe(client: Client, settings: Settings) -> None:
-    if settings.mqtt_protocol == "5":
-        client.subscribe(settings.mqtt_topic_filter, options=SubscribeOptions(qos=settings.mqtt_qos))
-    else:
-        client.subscribe(settings.mqtt_topic_filter, qos=settings.mqtt_qos)
+def end_session(client: Client, timeout_s: float) -> bool:
+    """MQTT 5 DISCONNECT with session expiry 0: the broker discards the session (and whatever it still held).
+
+    Only for a session proven empty and unsubscribed (drain.py). Returns once paho has closed the socket
+    (True) or after ``timeout_s`` (False: the DISCONNECT may not have gone out, and the empty session with
+    no subscription stays until it expires; nothing is routed to it)."""
+    properties = Properties(PacketTypes.DISCONNECT)
+    properties.SessionExpiryInterval = 0
+    client.disconnect(properties=properties)
+    deadline = time.monotonic() + timeout_s
+    while client.socket() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return client.socket() is None

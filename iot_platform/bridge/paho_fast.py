@@ -1,13 +1,14 @@
 """The bridge's fast paho path: a few paho-mqtt 2.2.0 internals overridden (import only on 2.2.0).
 
 paho's per-message Python work is the bridge's bound, so FastBridgeClient overrides some of paho's
-internals: reads served from a buffer, no per-message tracking object or debug line, no per-topic
-callback matching, acks in one write per batch, and MQTT 5 ``Properties`` with shared lookup tables.
+internals: reads served from a buffer (plain and TLS sockets alike), no per-message tracking object
+or debug line, no per-topic callback matching, acks in one write per batch, and MQTT 5
+``Properties`` with shared lookup tables.
 Together they took one process from about 16,600 to 28,600-33,900 msg/s here (docs/benchmarks.md).
 Each override keeps paho's behaviour for what the bridge uses: golden tests run the same packets
 through stock paho in a process that never loads this module and compare (test_bridge_paho_golden).
 
-The internals used: ``Client._create_socket``, ``_sock``, ``_ssl``, ``_transport``,
+The internals used: ``Client._create_socket``, ``_sock``, ``_transport``,
 ``_packet_queue``, ``_handle_publish``, ``_in_packet``, ``_protocol``, ``_handle_on_message``,
 ``_in_callback_mutex``, ``_userdata``, ``_ping_t`` and ``paho.mqtt._packet`` (``decode_publish``,
 ``Properties``). mqtt_session imports this module only when paho-mqtt is the version it was written
@@ -29,27 +30,36 @@ from iot_platform.bridge.paho_client import PublicBridgeClient
 
 # Most packets the bridge reads are ~200-byte PUBLISHes; one recv() takes many of them at once.
 _RECV_CHUNK = 256 * 1024
+_TLS_RECORD = 16 * 1024  # the most plaintext one TLS record (so one SSLSocket.recv) returns
 _PACKETS_PER_READ = 1_000  # then let paho write the queued PUBACKs and check keepalive
 _PUBACK = struct.Struct("!BBH")  # type, remaining length 2, packet id: a success PUBACK in 3.1.1 and 5
 
 
 class _BufferedSocket:
-    """A TCP socket read in large chunks.
+    """A TCP or TLS socket read in large chunks.
 
     paho reads each packet with three or more recv() calls (1 byte of type, the length byte by
     byte, then the body) and one select() per packet. Serving those reads from a buffer, and
     telling paho through ``pending()`` (the hook it uses for TLS sockets) that bytes are buffered,
     removes most system calls per message. Everything else is the real socket's.
+
+    On a TLS socket one ``recv()`` returns at most one TLS record, and Mosquitto writes a record per
+    packet: a read therefore gathers the records already readable (up to ``_RECV_CHUNK``), so paho's
+    loop (a select() per turn) runs once per chunk, not once per message. ``pending()`` also counts
+    what OpenSSL has decrypted but not handed out, which select() cannot see. A non-blocking TLS
+    socket with nothing decrypted raises ``SSLWantReadError`` from ``recv()``; paho reads that as
+    "no data yet".
     """
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._data = b""
         self._offset = 0
+        self._decrypted: Any = getattr(sock, "pending", None)  # SSLSocket.pending; plain sockets have none
 
     def recv(self, bufsize: int) -> bytes:
         if self._offset >= len(self._data):
-            data = self._sock.recv(max(bufsize, _RECV_CHUNK))
+            data = self._read(max(bufsize, _RECV_CHUNK))
             if len(data) <= bufsize:
                 return data
             self._data, self._offset = data, 0
@@ -58,8 +68,29 @@ class _BufferedSocket:
         self._offset = end
         return chunk
 
+    def _read(self, size: int) -> bytes:
+        if self._decrypted is None:
+            return self._sock.recv(size)
+        data = self._sock.recv(_TLS_RECORD)  # SSLWantReadError when nothing is there: paho's "no data yet"
+        if not data or self._sock.gettimeout() != 0.0:  # gather only where a read cannot block
+            return data
+        parts, total = [data], len(data)
+        while total < size:
+            try:
+                more = self._sock.recv(_TLS_RECORD)
+            except OSError:  # nothing more yet (SSLWantReadError), or an error the next read reports
+                break
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+        return b"".join(parts)
+
     def pending(self) -> int:
-        return len(self._data) - self._offset
+        buffered = len(self._data) - self._offset
+        if buffered or self._decrypted is None:
+            return buffered
+        return int(self._decrypted())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -127,8 +158,8 @@ class FastBridgeClient(PublicBridgeClient):
             self._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), 0, 1)
 
     def _create_socket(self) -> Any:
-        sock = super()._create_socket()
-        if self._ssl or self._transport != "tcp":
+        sock = super()._create_socket()  # for TLS: the SSLSocket, handshake done
+        if self._transport != "tcp":
             return sock
         return _BufferedSocket(sock)
 

@@ -16,6 +16,12 @@ thread polls the producer (delivery reports, retries) and then queues the acks o
 batch (acks.py); it also logs the heartbeat, watches for stalls and, on SIGTERM/SIGINT, stops
 receiving, flushes, acks what was delivered and exits 0 within ``bridge_shutdown_timeout_s`` (plus
 one MQTT connect timeout at most).
+
+Replicas (replicas.py): replica i is MQTT client ``Settings.bridge_client_id``; on every connection it
+subscribes to its form of the filter (shared above one replica) and unsubscribes the other. Asked to
+drain (drain_marks.py, looked for about once a second), it unsubscribes, delivers and acks what the
+broker still sends, ends its session once it is proven empty (drain.py), marks itself drained and
+exits 0.
 """
 
 from __future__ import annotations
@@ -27,30 +33,37 @@ from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iot_platform.bridge.acks import AckGate, InFlightMessage
 from iot_platform.bridge.backoff import jittered_backoff
-from iot_platform.bridge.metrics import BridgeCollector, BridgeStats, serve_metrics
-from iot_platform.bridge.mqtt_session import connect_async, make_client, subscribe
+from iot_platform.bridge.drain import DrainStep, SessionDrain
+from iot_platform.bridge.drain_marks import drain_requested, mark_drained
+from iot_platform.bridge.metrics import PUBLISH_INTERVAL_S, BridgeMetrics, BridgeStats, LiveState
+from iot_platform.bridge.mqtt_session import connect_async, end_session, make_client
 from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
+from iot_platform.bridge.replicas import SubscriptionPlan, subscription_plan
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
 from iot_platform.core.topic_grammar import INVALID_TOPIC_ENCODING
-from iot_platform.observability.identity import service_identity
 from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 _AUTH_REFUSED = (0x86, 0x87)  # Bad user name or password, Not authorized (3.1.1's 4 and 5 map to these)
+_DRAIN_CHECK_INTERVAL_S = 1.0  # how often a running bridge looks for a drain request
 
 
 class Bridge:
-    """One bridge process: one MQTT session, one Kafka producer."""
+    """One bridge process: one MQTT session, one Kafka producer. ``draining``: hand the session over from the start."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, draining: bool = False) -> None:
         self._settings = settings
+        self.identity = settings.bridge_client_id
         self._rules = RecordRules.from_settings(settings)
         self.stats = BridgeStats()
+        self.metrics = BridgeMetrics()
+        self._observe_latency = self.metrics.delivery_latency.observe
         self._client: PublicBridgeClient = make_client(settings)
         self._gate = AckGate(self._client.send_pubacks, self.stats)
         self._producer = ReliableProducer(settings, self._rules, self._delivered, self._gate.is_stale)
@@ -60,16 +73,27 @@ class Bridge:
         self._receiving = True
         self._exit_code = 0
         self._reconnect_attempt = 0
+        self._subscription_lock = threading.Lock()  # a drain never starts between a subscription's decision and its packet
+        self._drain: SessionDrain | None = SessionDrain() if draining else None
+        self._session_ended = False
         self._client.on_pre_connect = lambda _c, _u: self._gate.closed()
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = lambda _c, _u: self._schedule_reconnect("connect failed")
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = self._on_unsubscribe
         self._client.on_message = self._on_message
 
     def stop(self) -> None:
         """Ask the bridge to stop (signal handlers, parent watch); returns at once."""
         self._stop.set()
+
+    def begin_drain(self) -> None:
+        """Stop taking new messages and hand the session over (see drain.py); returns at once."""
+        with self._subscription_lock:
+            if self._drain is None:
+                self._drain = SessionDrain()
+                log.info("drain requested", extra={"client_id": self.identity, "in_flight": self.in_flight})
 
     @property
     def in_flight(self) -> int:
@@ -86,9 +110,8 @@ class Bridge:
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 after a fatal error."""
-        collector = BridgeCollector(self.stats, lambda: self.in_flight, lambda: self._gate.connected, lambda: self._producer.retries)
-        stop_metrics = serve_metrics(self._settings.bridge_metrics_port, collector)
-        progress = ProgressFile(self._settings.home, "bridge", service_identity("bridge", self._settings))
+        stop_metrics = self.metrics.serve(self._settings.bridge_metrics_port)
+        progress = ProgressFile(self._settings.home, "bridge", self.identity)
         connect_async(self._client, self._settings)
         self._client.loop_start()
         path = self._client.path
@@ -109,12 +132,22 @@ class Bridge:
     def _main_loop(self, progress: ProgressFile) -> None:
         interval = self._settings.heartbeat_interval_s
         next_heartbeat = time.monotonic() + interval
+        next_drain_check = next_publish = time.monotonic()
         last = (time.monotonic(), 0)
         stall_reported_for = -1.0
         while not self._stop.is_set():
             self._producer.service(0.05)
             self._gate.flush()
             now = time.monotonic()
+            if now >= next_publish:
+                next_publish = now + PUBLISH_INTERVAL_S
+                self._publish_metrics()
+            if self._drain is None and now >= next_drain_check:
+                next_drain_check = now + _DRAIN_CHECK_INTERVAL_S
+                if drain_requested(self._settings.home, self.identity):
+                    self.begin_drain()
+            if self._drain is not None and self._drain_step(self._drain):
+                return
             progress.update(self.stats.acked, self.in_flight, now)  # for service_watchdog: acks made, messages held
             quiet_since = max(self.stats.last_received_monotonic, self._gate.connected_since)
             if self._gate.connected and now - quiet_since > self._settings.stall_timeout_s and stall_reported_for != quiet_since:
@@ -129,6 +162,29 @@ class Bridge:
                 next_heartbeat = now + interval
                 log.info("heartbeat", extra=self._heartbeat(rate))
 
+    def _drain_step(self, drain: SessionDrain) -> bool:
+        """Advance the drain (main thread, after the flush); True once the session has ended."""
+        received = self.stats.received  # before in_flight: see SessionDrain.send_probe
+        held = self.in_flight
+        step = drain.next_step(connected=self._gate.connected, held=held, received=received)
+        if step is DrainStep.UNSUBSCRIBE:
+            drain.send_probe(lambda: self._client.unsubscribe(list(self._plan(draining=True).unsubscribe))[1], held=held, received=received)
+        elif step is DrainStep.END:
+            self._end_session()
+            return True
+        return False
+
+    def _end_session(self) -> None:
+        """The session is proven empty and holds no subscription: end it, and mark this identity drained."""
+        self._receiving = False
+        self._session_ended = True
+        logging.getLogger("iot_platform.bridge.paho").setLevel(logging.CRITICAL)  # see _shutdown
+        ended = end_session(self._client, timeout_s=self._settings.mqtt_connect_timeout_s)
+        s = self.stats
+        summary = {"received": s.received, "acked": s.acked, "probes": self._drain.probes if self._drain else 0}
+        mark_drained(self._settings.home, self.identity, summary)
+        log.info("drained: session ended", extra={"client_id": self.identity, "disconnect_sent": ended, **summary})
+
     def _shutdown(self) -> None:
         self._receiving = False  # later messages are neither produced nor acked: redelivered next session
         deadline = time.monotonic() + self._settings.bridge_shutdown_timeout_s
@@ -138,10 +194,17 @@ class Bridge:
             time.sleep(0.01)  # let paho's thread write the last PUBACKs before DISCONNECT
         # paho logs an error for every loop turn after a disconnect it was asked for: not news here.
         logging.getLogger("iot_platform.bridge.paho").setLevel(logging.CRITICAL)
-        self._client.disconnect()  # keeps the session: MQTT 5 expiry / 3.1.1 clean_session=False
+        if not self._session_ended:
+            self._client.disconnect()  # keeps the session: MQTT 5 expiry / 3.1.1 clean_session=False
         self._client.loop_stop()
         self._producer.close()
+        self._publish_metrics()
         log.info("bridge stopped", extra={**self._heartbeat(0.0), "undelivered": undelivered})
+
+    def _publish_metrics(self) -> None:
+        live = LiveState(self.in_flight, self._gate.connected, self._producer.retries, self._drain is not None and not self._session_ended)
+        self.metrics.publish(self.stats, live)
+        self.metrics.drained.set(int(self._session_ended))
 
     # -- paho's network thread -----------------------------------------------------------------
 
@@ -183,8 +246,17 @@ class Bridge:
         generation = self._gate.opened()
         self.stats.connections += 1
         self._reconnect_attempt = 0
-        subscribe(client, self._settings)
-        log.info("mqtt connected", extra={"session_present": flags.session_present, "generation": generation})
+        with self._subscription_lock:
+            if self._drain is not None:
+                self._drain.opened()  # the main loop unsubscribes and probes on this connection
+            else:
+                plan = self._plan(draining=False)
+                if plan.subscribe is not None:
+                    client.subscribe(plan.subscribe, options=SubscribeOptions(qos=self._settings.mqtt_qos))
+                if plan.unsubscribe:  # after the subscription, so no message falls between the two forms
+                    client.unsubscribe(list(plan.unsubscribe))
+        log.info("mqtt connected", extra={"session_present": flags.session_present, "generation": generation,
+                                          "client_id": self.identity, "draining": self._drain is not None})
 
     def _on_disconnect(self, _c: Client, _u: Any, _f: DisconnectFlags, reason: ReasonCode, _p: Any) -> None:
         self._gate.closed()
@@ -192,12 +264,30 @@ class Bridge:
             self._schedule_reconnect(f"disconnected: {reason}")
 
     def _on_subscribe(self, _c: Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        subscription = self._plan(draining=False).subscribe
         if any(r.is_failure for r in reasons):
-            log.error("subscription refused; stopping", extra={"filter": self._settings.mqtt_topic_filter, "reasons": [str(r) for r in reasons]})
+            log.error("subscription refused; stopping", extra={"filter": subscription, "reasons": [str(r) for r in reasons]})
             self._exit_code = 1
             self.stop()
             return
-        log.info("mqtt subscribed", extra={"filter": self._settings.mqtt_topic_filter})
+        log.info("mqtt subscribed", extra={"filter": subscription})
+
+    def _on_unsubscribe(self, _c: Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        # Success: a subscription was removed; 0x11 "No subscription existed" is not a failure.
+        if any(r.is_failure for r in reasons):
+            log.error("unsubscribe refused: check the bridge's broker role (unsubscribe access)",
+                      extra={"reasons": [str(r) for r in reasons], "draining": self._drain is not None})
+            if self._drain is not None:  # the session would keep being routed messages: never end it
+                self._exit_code = 1
+                self.stop()
+            return
+        if self._drain is not None:
+            self._drain.answered(mid, received=self.stats.received)
+        elif any(r.value == 0 for r in reasons):
+            log.info("mqtt unsubscribed a former form of the subscription", extra={"plan": str(self._plan(draining=False))})
+
+    def _plan(self, *, draining: bool) -> SubscriptionPlan:
+        return subscription_plan(self._settings, draining=draining)
 
     def _schedule_reconnect(self, why: str) -> None:
         delay = jittered_backoff(self._reconnect_attempt, cap_s=self._settings.bridge_reconnect_max_backoff_s)
@@ -209,11 +299,17 @@ class Bridge:
 
     def _delivered(self, item: InFlightMessage) -> None:
         self._gate.ack(item)
-        self.stats.record_delivery(item.record.dead_letter_reason, time.monotonic() - item.received_monotonic)
+        reason = item.record.dead_letter_reason
+        if reason is None:
+            self.stats.delivered_messages += 1
+        else:
+            self.stats.dead_lettered[reason] = self.stats.dead_lettered.get(reason, 0) + 1
+            self.metrics.dead_letter_delivered(reason)
+        self._observe_latency(time.monotonic() - item.received_monotonic)
 
     def _heartbeat(self, rate: float) -> dict[str, Any]:
         s = self.stats
-        p50, p99 = s.latency.quantile(0.5), s.latency.quantile(0.99)
+        p50, p99 = self.metrics.latency_quantile(0.5), self.metrics.latency_quantile(0.99)
         return {
             "received": s.received,
             "produced": s.delivered_messages,
@@ -225,6 +321,7 @@ class Bridge:
             "waiting": self._producer.waiting,
             "retries": self._producer.retries,
             "connected": self._gate.connected,
+            "draining": self._drain is not None,
             "generation": self._gate.generation,
             "rate_per_s": round(rate, 1),
             "latency_p50_ms": None if p50 is None else round(p50 * 1000, 1),
@@ -236,7 +333,10 @@ class Bridge:
         return {
             "mqtt": s.mqtt_url,
             "filter": s.mqtt_topic_filter,
-            "client_id": s.mqtt_client_id,
+            "client_id": self.identity,
+            "replica": s.replica_index,
+            "replicas": s.bridge_replicas,
+            "subscription": self._plan(draining=False).subscribe,
             "protocol": s.mqtt_protocol,
             "kafka": s.kafka_bootstrap,
             "topic": s.kafka_topic,

@@ -1,8 +1,9 @@
 """Which identity a service process runs as: the key of its instance lock, progress file and logs.
 
-A bridge is its MQTT client id; a consumer replica is its static group member
+A bridge replica is its MQTT client id (``Settings.bridge_client_id``: IOT_MQTT_CLIENT_ID, with
+``-{i}`` for replica i > 0); a consumer replica is its static group member
 ``{IOT_KAFKA_CONSUMER_GROUP}-{IOT_REPLICA_INDEX}`` (docs/design.md §10). Everything keyed by identity
-(locks, progress files, the watchdog's reading) takes them as they are.
+(locks, progress files, drain marks, the watchdog's reading) takes them as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ IDENTITY_SETTING = {"bridge": "IOT_MQTT_CLIENT_ID", "consumer": "IOT_KAFKA_CONSU
 def service_identity(service: str, settings: Settings) -> str:
     """The identity of ``service`` ("bridge" or "consumer") under ``settings``."""
     if service == "bridge":
-        return settings.mqtt_client_id
+        return settings.bridge_client_id
     if service == "consumer":
         return settings.consumer_instance_id
     raise ValueError(f"unknown service {service!r}")

@@ -44,10 +44,7 @@ NAMESPACE = "iot"
 
 # IOT_* variables the manifests set before the code reads them. Each name here must NOT yet be a
 # setting (test_pending_variables_are_not_settings_yet goes red once it is: then delete it here).
-PENDING_SETTINGS = {
-    # issue 14 (the bridge's shared subscription)
-    "IOT_MQTT_SHARE_GROUP",
-}
+PENDING_SETTINGS: set[str] = set()
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:

@@ -4,8 +4,12 @@ paused reading. Packet handling against stock paho: test_bridge_paho_golden.py."
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from paho.mqtt.client import Client, MQTTErrorCode, MQTTMessage, MQTTv5, MQTTv311
@@ -15,6 +19,7 @@ from paho.mqtt.properties import Properties
 from iot_platform.bridge.mqtt_session import make_client
 from iot_platform.bridge.paho_client import FAST_PATH_AVAILABLE, FAST_PATH_PAHO_VERSION, PAHO_VERSION, PublicBridgeClient, choose_client_path
 from iot_platform.settings import Settings
+from iot_platform.stack.certs import server_certificate
 
 fast_only = pytest.mark.skipif(not FAST_PATH_AVAILABLE, reason="the fast path runs only on the paho-mqtt release it was written for")
 if FAST_PATH_AVAILABLE:
@@ -49,7 +54,7 @@ def test_make_client_builds_the_client_of_the_chosen_path(requested: str, expect
 def test_paho_still_has_the_hooks_the_fast_path_overrides() -> None:
     """FastBridgeClient relies on paho 2.2 internals; an upgrade that removes them must fail here, not in production."""
     hooks = (
-        "_create_socket", "loop_read", "_sock", "_ssl", "_transport", "_packet_queue", "_out_packet",
+        "_create_socket", "loop_read", "_sock", "_transport", "_packet_queue", "_out_packet",
         "_handle_publish", "_in_packet", "_protocol", "_handle_on_message", "_in_callback_mutex", "_userdata",
         "_ping_t",
     )  # fmt: skip
@@ -80,6 +85,109 @@ def test_buffered_socket_returns_the_stream_in_order(reads: list[int]) -> None:
     finally:
         left.close()
         right.close()
+
+
+class _CountingSocket:
+    """A socket whose recv() calls are counted."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock, self.recvs = sock, 0
+
+    def recv(self, bufsize: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(bufsize)
+
+    def pending(self) -> int:
+        return self.sock.pending()
+
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
+
+def read_exactly(sock: "_BufferedSocket", size: int) -> bytes:
+    """``size`` bytes, as paho assembles them: a read may end short at a record or buffer boundary."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "end of stream"
+        data += chunk
+    return data
+
+
+@contextmanager
+def tls_stream(tmp_path: Path, send: Callable[[ssl.SSLSocket], None]) -> Iterator[tuple[ssl.SSLSocket, threading.Event]]:
+    """A TLS connection over a socket pair, verified as the bridge's is: a "broker" thread runs
+    ``send`` on its end; yields the client end and an event set once ``send`` returned."""
+    cert = server_certificate(tmp_path, "broker")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert.cert, cert.key)
+    client_context = ssl.create_default_context(cafile=str(cert.ca))
+    left, right = socket.socketpair()
+    sent, done = threading.Event(), threading.Event()
+
+    def broker() -> None:
+        with server_context.wrap_socket(left, server_side=True) as tls:
+            send(tls)
+            sent.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=broker, daemon=True)
+    thread.start()
+    try:
+        with client_context.wrap_socket(right, server_hostname="localhost") as tls:
+            yield tls, sent
+    finally:
+        done.set()
+        thread.join(10)
+
+
+TELEMETRY_PACKETS = [bytes([0x30, 198]) + bytes([i % 256]) * 198 for i in range(1_000)]  # 200-byte PUBLISH-like
+
+
+@fast_only
+def test_buffered_tls_socket_serves_paho_sized_reads_from_few_tls_reads(tmp_path: Path) -> None:
+    """Over TLS, 1,000 200-byte packets read as paho does (type byte, length byte, body: 3,000 reads)
+    arrive whole and in order from a handful of SSLSocket reads (one per TLS record, not per packet);
+    pending() counts what OpenSSL decrypted but did not hand out, which select() cannot see; an empty
+    non-blocking socket raises SSLWantReadError, paho's "no data yet"."""
+    packets = TELEMETRY_PACKETS
+    with tls_stream(tmp_path, lambda tls: tls.sendall(b"".join(packets))) as (tls, _):
+        tls.settimeout(10)
+        first = tls.recv(2)  # as paho would without the buffer: OpenSSL keeps the rest of the record
+        counting = _CountingSocket(tls)
+        buffered = _BufferedSocket(counting)
+        assert buffered.pending() == tls.pending() > 0, "decrypted bytes are reported as pending"
+        received = [first + read_exactly(buffered, 198)]
+        for _ in packets[1:]:
+            head = read_exactly(buffered, 1) + read_exactly(buffered, 1)
+            received.append(head + read_exactly(buffered, head[1]))
+        assert received == packets
+        assert counting.recvs <= 40, counting.recvs  # ~13 records of 16 KiB, against 3,000 reads
+        assert buffered.pending() == 0
+        tls.setblocking(False)
+        with pytest.raises(ssl.SSLWantReadError):
+            buffered.recv(1)
+
+
+@fast_only
+def test_buffered_tls_socket_gathers_the_records_already_readable(tmp_path: Path) -> None:
+    """Mosquitto writes one TLS record per packet: 100 packets sent as 100 records, all in the socket,
+    come out of one fill of the buffer of a non-blocking socket (as paho's is), not one per packet."""
+    packets = TELEMETRY_PACKETS[:100]
+
+    def one_record_each(tls: ssl.SSLSocket) -> None:
+        for packet in packets:
+            tls.sendall(packet)
+
+    with tls_stream(tmp_path, one_record_each) as (tls, sent):
+        assert sent.wait(10), "the broker thread did not send"
+        tls.setblocking(False)
+        buffered = _BufferedSocket(tls)
+        first = buffered.recv(2)
+        assert buffered.pending() == 100 * 200 - 2, "every readable record in one fill"
+        assert first + read_exactly(buffered, 100 * 200 - 2) == b"".join(packets)
+        with pytest.raises(ssl.SSLWantReadError):
+            buffered.recv(1)
 
 
 @pytest.mark.parametrize(("protocol", "v5"), [("5", True), ("3.1.1", False)])
