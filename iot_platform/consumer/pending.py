@@ -6,12 +6,24 @@ batch over costs a join instead of a formatting pass that the database thread wo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from iot_platform.consumer.copy_format import copy_line
 from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
-from iot_platform.consumer.writer import Batch
 
 Row = MessageRow | DeadLetterRow
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    messages: list[MessageRow]
+    dead_letters: list[DeadLetterRow]
+    next_offsets: dict[TopicPartitionKey, int]  # per partition: last offset in the batch + 1
+    # copy_format.copy_data(messages), when the reading thread formatted it ahead (keeps that Python
+    # work, which holds the GIL, off the database thread's critical path).
+    messages_copy: bytes | None = None
+    expired: tuple[ExpiredRange, ...] = ()  # gaps (deleted by retention before they were read) this batch moves past
 
 
 def row_key(row: Row, messages_topic: str) -> TopicPartitionKey:

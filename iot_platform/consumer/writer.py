@@ -29,6 +29,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from iot_platform.consumer import copy_format, sql
+from iot_platform.consumer.pending import Batch  # what the reading thread hands over (re-exported here)
 from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow, rejected
 from iot_platform.settings import Settings
@@ -38,17 +39,6 @@ from iot_platform.storage.migrate import ensure_day_partitions
 log = logging.getLogger(__name__)
 _MS_PER_DAY = 86_400_000
 _EPOCH_DAY = dt.date(1970, 1, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    messages: list[MessageRow]
-    dead_letters: list[DeadLetterRow]
-    next_offsets: dict[TopicPartitionKey, int]  # per partition: last offset in the batch + 1
-    # copy_format.copy_data(messages), when the reading thread formatted it ahead (keeps that Python
-    # work, which holds the GIL, off the database thread's critical path).
-    messages_copy: bytes | None = None
-    expired: tuple[ExpiredRange, ...] = ()  # gaps (deleted by retention before they were read) this batch moves past
 
 
 @dataclass

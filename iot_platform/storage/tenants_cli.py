@@ -1,8 +1,9 @@
 """`iot-platform tenants sync | password`: tenant login roles and their credentials.
 
 Wired into `iot-platform tenants` by :mod:`iot_platform.access.tenants_cli`. ``sync`` creates a
-read-only login role for every tenant of the registry (plus the analyst and ingest logins) and, when Grafana is configured, their organisations; ``password`` prints the
-derived password of one role so an operator can hand it to a tenant or set it in Grafana.
+read-only login role for every tenant of the registry (plus the analyst and ingest logins; their
+Grafana organisations come from the ``grafana_dashboards`` asset); ``password`` prints the derived
+password of one role so an operator can hand it to a tenant or set it in Grafana.
 """
 
 from __future__ import annotations
