@@ -8,7 +8,7 @@ Acks go out in the order the messages arrived (acks.py). Backpressure is the bro
 window: while Kafka is slow, acks stop and the broker stops sending; and because Mosquitto 2.0.11
 sends a resuming session more than the window, the bridge also stops reading its socket while it
 holds ``mqtt_receive_maximum`` unacked messages, so its memory is bounded by the window, not by
-the broker's backlog. MQTT reconnects forever with jittered backoff (paho's network thread); librdkafka
+the broker's backlog. MQTT reconnects forever with the platform's jittered backoff (core/retry.py, paho's network thread); librdkafka
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
@@ -29,12 +29,12 @@ from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.reasoncodes import ReasonCode
 
 from iot_platform.bridge.acks import AckGate, InFlightMessage
-from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.bridge.metrics import BridgeCollector, BridgeStats, serve_metrics
 from iot_platform.bridge.mqtt_session import connect_async, make_client, subscribe
 from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
+from iot_platform.core.retry import Backoff
 from iot_platform.core.topic_grammar import INVALID_TOPIC_ENCODING
 from iot_platform.observability.identity import service_identity
 from iot_platform.observability.progress import ProgressFile
@@ -60,6 +60,7 @@ class Bridge:
         self._receiving = True
         self._exit_code = 0
         self._reconnect_attempt = 0
+        self._reconnect_backoff = Backoff(initial_s=0.5, maximum_s=settings.bridge_reconnect_max_backoff_s)
         self._client.on_pre_connect = lambda _c, _u: self._gate.closed()
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = lambda _c, _u: self._schedule_reconnect("connect failed")
@@ -200,7 +201,7 @@ class Bridge:
         log.info("mqtt subscribed", extra={"filter": self._settings.mqtt_topic_filter})
 
     def _schedule_reconnect(self, why: str) -> None:
-        delay = jittered_backoff(self._reconnect_attempt, cap_s=self._settings.bridge_reconnect_max_backoff_s)
+        delay = self._reconnect_backoff.delay(self._reconnect_attempt)
         self._reconnect_attempt += 1
         self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts floats
         log.warning("mqtt reconnecting", extra={"why": why, "in_s": round(delay, 2), "attempt": self._reconnect_attempt})

@@ -48,7 +48,7 @@ from iot_platform.consumer.writer import Batch, BatchWriter, MissingPartition, W
 from iot_platform.observability.identity import service_identity
 from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
-from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
+from iot_platform.storage.db import DATABASE_BACKOFF, is_infrastructure_error, retry_infrastructure
 
 log = logging.getLogger(__name__)
 # Records per consume() call: small enough to notice soon that the database thread has finished its
@@ -261,7 +261,7 @@ class ConsumerService:
 
     def _finish_in_flight(self, consumer: Consumer) -> None:
         """Wait for the batch in flight; retry it until it commits or we stop; then commit to Kafka."""
-        delays = backoff_delays(0.5, 10.0)
+        delays = DATABASE_BACKOFF.delays()
         while (flight := self._in_flight) is not None:
             error = self._wait(consumer, flight)
             if error is None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from iot_platform.core.retry import Backoff
 from iot_platform.observability.lifecycle import pid_alive
 from iot_platform.observability.progress import ProgressReport, read_reports
 from iot_platform.orchestration.resources import PlatformSettings
@@ -36,6 +37,7 @@ from iot_platform.orchestration.services import SERVICE_JOBS, SERVICES, SERVICE_
 
 ACTIVE = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "SUSPENDED"})
 QUICK_FAILURE_S = 20.0  # a run that failed sooner than this counts towards the crash-loop backoff
+CRASH_LOOP_BACKOFF = Backoff(initial_s=10.0, maximum_s=300.0, jitter=False)  # the wait is shown in the decision's reason
 HISTORY = 10
 LINGER_WINDOW_S = 600.0  # a finished run's worker still alive this soon after: wait for it (pid reuse is unlikely)
 STALLED_TAG = "iot/stalled"
@@ -61,8 +63,9 @@ class Decision:
     dead_runs: tuple[str, ...] = ()  # STARTED runs whose worker is gone: mark them failed
 
 
-def backoff_s(quick_failures: int, base_s: float = 10.0, maximum_s: float = 300.0) -> float:
-    return 0.0 if quick_failures <= 0 else min(maximum_s, base_s * 2 ** (quick_failures - 1))
+def backoff_s(quick_failures: int) -> float:
+    """How long to wait before relaunching a service after ``quick_failures`` quick failures in a row."""
+    return 0.0 if quick_failures <= 0 else CRASH_LOOP_BACKOFF.delay(quick_failures - 1)
 
 
 def decide(runs: Sequence[RunView], now: float, host: str, pid_alive: Callable[[int], bool]) -> Decision:

@@ -3,22 +3,22 @@
 Every connection the platform opens comes from :func:`connect`: it carries ``connect_timeout``,
 a session ``statement_timeout`` and TCP keepalives, so no call can hang on a dead server.
 :func:`is_infrastructure_error` tells "the database is unavailable, retry later" apart from
-"this data is bad"; :func:`retry_infrastructure` retries the former with jittered exponential
-backoff and lets the latter propagate at once.
+"this data is bad"; :func:`retry_infrastructure` retries the former with the platform's retry
+policy (:data:`DATABASE_BACKOFF`, :mod:`iot_platform.core.retry`) and lets the latter propagate at once.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
+from iot_platform.core.retry import Backoff, retry
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ T = TypeVar("T")
 _INFRA_SQLSTATE_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
 # A schema not migrated yet (undefined table or schema) is retried too: it heals once migrations run.
 _NOT_READY_SQLSTATES = ("42P01", "3F000")
+# Waits between attempts against an unavailable database: 0.25-0.5 s at first, then up to 5-10 s.
+DATABASE_BACKOFF = Backoff(initial_s=0.5, maximum_s=10.0)
 
 
 def connect(settings: Settings, database: str | None = None, *, autocommit: bool = False) -> psycopg2.extensions.connection:
@@ -72,40 +74,24 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
-def backoff_delays(initial_s: float = 0.5, maximum_s: float = 10.0) -> Iterator[float]:
-    """Endless jittered exponential backoff: uniform(initial/2, min(maximum, initial * 2**n))."""
-    ceiling = initial_s
-    while True:
-        yield random.uniform(initial_s / 2, ceiling)
-        ceiling = min(maximum_s, ceiling * 2)
-
-
 def retry_infrastructure(
     operation: Callable[[], T],
     *,
     description: str,
     should_stop: Callable[[], bool] = lambda: False,
-    initial_s: float = 0.5,
-    maximum_s: float = 10.0,
+    policy: Backoff = DATABASE_BACKOFF,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run ``operation`` until it succeeds, retrying only infrastructure errors with jittered backoff.
+    """Run ``operation`` until it succeeds, retrying only infrastructure errors with ``policy``'s backoff.
 
     Data errors propagate on the first attempt. When ``should_stop()`` turns true between attempts
     the last infrastructure error is raised, so a stopping service never spins forever.
     """
-    attempt = 0
-    for delay in backoff_delays(initial_s, maximum_s):
-        attempt += 1
-        try:
-            return operation()
-        except Exception as exc:  # noqa: BLE001 - classified just below
-            if not is_infrastructure_error(exc) or should_stop():
-                raise
-            log.warning(
-                "database unavailable, retrying",
-                extra={"operation": description, "attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc).strip()[:300]},
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
 
+    def log_retry(exc: Exception, attempt: int, delay: float) -> None:
+        log.warning(
+            "database unavailable, retrying",
+            extra={"operation": description, "attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc).strip()[:300]},
+        )
+
+    return retry(operation, policy=policy, retryable=is_infrastructure_error, should_stop=should_stop, on_retry=log_retry, sleep=sleep)
