@@ -17,9 +17,10 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, TopicPartition
 
-from iot_platform.devices.verify_report import Expectation, PartitionOffsets, build_report
+from iot_platform.core.completeness import PartitionPosition, records_not_stored
+from iot_platform.devices.verify_report import Expectation, build_report
 from iot_platform.settings import Settings
-from iot_platform.storage.audit import expired_offsets
+from iot_platform.storage.audit import consumed_offsets, expired_offsets
 from iot_platform.storage.db import connect
 
 log = logging.getLogger(__name__)
@@ -65,16 +66,10 @@ def dead_letter_rows(settings: Settings, since: datetime | None, until: datetime
         conn.close()
 
 
-def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[PartitionOffsets]:
+def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[PartitionPosition]:
     """Low/high watermarks of both topics beside the consumer's stored next offsets."""
     topics = [settings.kafka_topic, settings.kafka_dlq_topic]
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT topic, partition, next_offset FROM iot.ingest_offsets WHERE topic = ANY(%s)", (topics,))
-            stored = {(topic, partition): next_offset for topic, partition, next_offset in cur.fetchall()}
-    finally:
-        conn.close()
+    stored = consumed_offsets(settings)
     consumer = Consumer({
         **settings.kafka_config(),
         "group.id": f"iot-verify-{uuid.uuid4().hex[:8]}",
@@ -89,7 +84,7 @@ def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> lis
                 raise RuntimeError(f"Kafka topic {topic!r}: {metadata.error}")
             for partition in sorted(metadata.partitions):
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s, cached=False)
-                result.append(PartitionOffsets(topic, partition, low, high, stored.get((topic, partition))))
+                result.append(PartitionPosition(topic, partition, low, high, stored.get((topic, partition))))
         return result
     finally:
         consumer.close()
@@ -99,7 +94,7 @@ def wait_until_drained(settings: Settings, timeout_s: float, interval_s: float =
     """True once the consumer's stored offsets reach Kafka's end offsets; False after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        pending = sum(max(p.lag, 0) for p in kafka_offsets(settings))
+        pending = records_not_stored(kafka_offsets(settings))
         if pending == 0:
             return True
         if time.monotonic() >= deadline:

@@ -9,9 +9,9 @@ import pytest
 from iot_platform.devices.fleet import GOOD, Fleet, FleetSpec
 from iot_platform.devices.sequences import StreamKey
 from iot_platform.devices.verify_cli import parse_time
+from iot_platform.core.completeness import PartitionPosition
 from iot_platform.devices.verify_report import (
     Expectation,
-    PartitionOffsets,
     build_report,
     dead_letter_identity,
     exit_code,
@@ -123,7 +123,7 @@ def test_unmarked_dead_letter_of_a_good_message_breaks_the_match() -> None:
 @pytest.mark.parametrize(("stored_next", "lag"), [(None, 10), (100, 0), (95, 5), (0, 100)])
 def test_partition_lag(stored_next: int | None, lag: int) -> None:
     """Lag is the end offset minus the consumer's stored next offset (or the start offset if none)."""
-    offsets = PartitionOffsets("t", 0, low=90, high=100, stored_next=stored_next)
+    offsets = PartitionPosition("t", 0, low=90, high=100, stored_next=stored_next)
     assert offsets.lag == lag
     report = build_report([], [], [offsets])
     assert report["kafka"]["pending"] == lag
