@@ -2,8 +2,8 @@
 
 Exit codes: 0 after SIGTERM/SIGINT (or the parent's death under ``IOT_EXIT_WITH_PARENT``) once the
 producer is flushed and delivered messages are acked; 1 after a fatal error (fatal producer error,
-subscription refused, bad configuration, another bridge with the same client id already running in
-this ``IOT_HOME``). Either way no unconfirmed message was acked, so the
+subscription refused, credentials refused, another bridge with the same client id already running in
+this ``IOT_HOME``); 2 at start-up for a setting that cannot work (one line naming it). Either way no unconfirmed message was acked, so the
 supervisor may simply start it again.
 """
 
@@ -18,8 +18,6 @@ from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile
 from iot_platform.settings import Settings
 
-log = logging.getLogger("iot_platform.bridge")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -32,15 +30,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(settings: Settings) -> int:
     from iot_platform.bridge.service import Bridge  # imported here so `--help` needs no network library
-    from iot_platform.access.connection import MqttSetupError, require_bridge_credentials
-    from iot_platform.core.topic_grammar import GrammarError
+    from iot_platform.access.connection import require_bridge_credentials
 
-    try:
-        require_bridge_credentials(settings)
-        bridge = Bridge(settings)
-    except (GrammarError, MqttSetupError) as exc:
-        log.error("invalid configuration", extra={"error": str(exc)})
-        return 1
+    # A missing password, a missing CA file or a malformed grammar raise InvalidConfiguration: the
+    # command line prints one line and exits 2, never retrying what cannot work.
+    require_bridge_credentials(settings)
+    bridge = Bridge(settings)
     install_stop_signals(bridge.stop)
     watch = ParentWatch(bridge.stop).start() if settings.exit_with_parent else None
     try:

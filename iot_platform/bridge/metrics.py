@@ -11,9 +11,11 @@ import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from iot_platform.observability.metrics_endpoint import start_metrics_server
 
 LATENCY_BUCKETS_S = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
@@ -124,7 +126,7 @@ def serve_metrics(port: int, collector: Collector) -> Callable[[], None] | None:
         return None
     registry = CollectorRegistry()
     registry.register(collector)
-    server, thread = start_http_server(port, registry=registry)
+    server, thread = start_metrics_server(port, registry, "IOT_BRIDGE_METRICS_PORT")
 
     def stop() -> None:
         server.shutdown()

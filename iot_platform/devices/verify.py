@@ -19,11 +19,17 @@ from confluent_kafka import Consumer, TopicPartition
 
 from iot_platform.core.completeness import PartitionPosition, records_not_stored
 from iot_platform.devices.verify_report import Expectation, build_report
+from iot_platform.errors import PlatformError
 from iot_platform.settings import Settings
 from iot_platform.storage.audit import consumed_offsets, expired_offsets
 from iot_platform.storage.db import connect
 
 log = logging.getLogger(__name__)
+# librdkafka logs every refused connection while it retries; verify is one report, and a cluster that
+# does not answer reaches the command line as one exception (one line), so the client's own lines are
+# kept out unless this logger is lowered.
+_CLIENT_LOG = logging.getLogger(f"{__name__}.librdkafka")
+_CLIENT_LOG.setLevel(logging.CRITICAL)
 KAFKA_TIMEOUT_S = 10.0
 
 _STORED_SQL = """
@@ -75,13 +81,15 @@ def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> lis
         "group.id": f"iot-verify-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "socket.timeout.ms": int(timeout_s * 1000),
+        "logger": _CLIENT_LOG,
     })
     try:
         result = []
         for topic in topics:
             metadata = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-            if metadata.error is not None:
-                raise RuntimeError(f"Kafka topic {topic!r}: {metadata.error}")
+            if metadata.error is not None:  # e.g. unknown: a wrong name, or not created yet (dev up, the bridge's topics)
+                raise PlatformError(f"Kafka at {settings.kafka_bootstrap} has no topic {topic!r}: {metadata.error.str()} "
+                                    "(IOT_KAFKA_TOPIC, IOT_KAFKA_DLQ_TOPIC)")
             for partition in sorted(metadata.partitions):
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s, cached=False)
                 result.append(PartitionPosition(topic, partition, low, high, stored.get((topic, partition))))

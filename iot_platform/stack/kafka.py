@@ -107,6 +107,9 @@ def render_server_properties(config: KafkaConfig) -> str:
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
+JAVA_HINT = "install a JDK 17+ (sudo apt-get install openjdk-17-jre-headless)"
+
+
 def kafka_classpath(cache_dir: Path | None = None) -> str:
     """The broker's classpath, resolved by Maven from the pinned pom and cached per pom content."""
     pom = DEPLOY_DIR / "pom.xml"
@@ -170,7 +173,7 @@ class KafkaServer:
         return config
 
     def _java(self, main_class: str, *args: str) -> list[str]:
-        java = require_binary("java", "install a JDK 17+ (sudo apt-get install openjdk-17-jre-headless)")
+        java = require_binary("java", JAVA_HINT)
         return [
             java,
             HEAP,

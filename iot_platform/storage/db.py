@@ -19,6 +19,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from iot_platform.core.retry import Backoff, retry
+from iot_platform.errors import InvalidConfiguration, PlatformError, Unreachable, first_line
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ T = TypeVar("T")
 _INFRA_SQLSTATE_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
 # A schema not migrated yet (undefined table or schema) is retried too: it heals once migrations run.
 _NOT_READY_SQLSTATES = ("42P01", "3F000")
+# libpq's words for a connection refused over its settings rather than for want of a server.
+_REFUSED_LOGIN = ("authentication failed", "no pg_hba.conf entry", "role \"")
+_TLS = ("ssl", "certificate")
 # Waits between attempts against an unavailable database: 0.25-0.5 s at first, then up to 5-10 s.
 DATABASE_BACKOFF = Backoff(initial_s=0.5, maximum_s=10.0)
 
@@ -95,3 +99,32 @@ def retry_infrastructure(
         )
 
     return retry(operation, policy=policy, retryable=is_infrastructure_error, should_stop=should_stop, on_retry=log_retry, sleep=sleep)
+
+
+def database_failure(exc: BaseException, settings: Settings) -> PlatformError | None:
+    """The one line a person can act on for a PostgreSQL error, or None when it is not an expected one (a bug).
+
+    Refused logins, TLS and a missing database name their settings (retrying cannot help); a server
+    that does not answer or is unavailable is :class:`Unreachable`; a database without the platform's
+    schema says to migrate.
+    """
+    if not isinstance(exc, psycopg2.Error):
+        return None
+    where = f"PostgreSQL at {settings.pg_host}:{settings.pg_port}"
+    text = first_line(exc)
+    if isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:  # libpq could not open or keep the session
+        lowered = text.lower()
+        if any(words in lowered for words in _REFUSED_LOGIN):
+            return InvalidConfiguration(f"{where} refused user {settings.pg_user!r}: {text} (IOT_PG_USER, IOT_PG_PASSWORD)")
+        if "database" in lowered and "does not exist" in lowered:
+            return InvalidConfiguration(f"{where} has no database {settings.pg_database!r} (IOT_PG_DATABASE; `iot-platform dev up` creates it)")
+        if any(words in lowered for words in _TLS):
+            return InvalidConfiguration(f"TLS to {where} failed: {text} (IOT_PG_SSLMODE, IOT_PG_SSLROOTCERT)")
+        return Unreachable.service("PostgreSQL", f"{settings.pg_host}:{settings.pg_port}", "IOT_PG_HOST, IOT_PG_PORT", text)
+    if isinstance(exc, (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName)):
+        return PlatformError(f"{where}: database {settings.pg_database!r} lacks the platform's schema ({text}): run `iot-platform migrate`")
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        return InvalidConfiguration(f"{where}: user {settings.pg_user!r} may not do this: {text} (IOT_PG_USER)")
+    if is_infrastructure_error(exc):
+        return Unreachable(f"{where} is unavailable: {text} (try again later)")
+    return None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import psycopg2.extensions
 from psycopg2 import sql
 
+from iot_platform.errors import PlatformError
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.tenant_identity import derive_password, role_name_for
@@ -36,7 +37,7 @@ TENANT_READABLE = ("messages", "dead_letters", "rollup_hourly", "rollup_hourly_f
                    "rollup_hours", "rollup_hourly_live", "rollup_hourly_fields_live")  # 060: live rollups
 
 
-class TenantSyncError(RuntimeError):
+class TenantSyncError(PlatformError):
     """The sync cannot proceed safely; the message names the fix."""
 
 

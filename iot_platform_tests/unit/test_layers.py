@@ -22,12 +22,14 @@ PACKAGE = "iot_platform"
 
 # Bottom to top. Within a layer no folder imports another.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("ground: the settings", frozenset({"__init__", "settings"})),
+    ("the error types every layer raises", frozenset({"__init__", "errors"})),
+    ("the one settings object", frozenset({"settings"})),
     ("pure core; process plumbing", frozenset({"core", "observability"})),
     ("PostgreSQL", frozenset({"storage"})),
     ("on top of storage: broker access, analysts, Grafana", frozenset({"access", "analytics", "dashboards"})),
     ("the programs on the data path: bridge, consumer, device fleet and verify", frozenset({"bridge", "consumer", "devices"})),
     ("what runs them: Dagster, the local platform", frozenset({"orchestration", "stack"})),
+    ("which failures a person can act on, across every library", frozenset({"failures"})),
     ("the command line", frozenset({"cli"})),
 )
 RANK = {folder: rank for rank, (_, folders) in enumerate(LAYERS) for folder in folders}
@@ -253,9 +255,9 @@ def _synthetic(sources: Iterable[tuple[str, str]]) -> dict[str, Module]:
     ("sources", "expected"),
     [
         ([("iot_platform.core.x", "def f():\n    from iot_platform.storage.db import connect\n"), ("iot_platform.storage.db", "")],
-         "iot_platform.core.x imports iot_platform.storage.db: runs up the layers (core is on layer 1, storage on 2)"),
+         "iot_platform.core.x imports iot_platform.storage.db: runs up the layers (core is on layer 2, storage on 3)"),
         ([("iot_platform.bridge.x", "import iot_platform.devices.y"), ("iot_platform.devices.y", "")],
-         "iot_platform.bridge.x imports iot_platform.devices.y: runs across the layers (bridge is on layer 4, devices on 4)"),
+         "iot_platform.bridge.x imports iot_platform.devices.y: runs across the layers (bridge is on layer 5, devices on 5)"),
         ([("iot_platform.storage.a", "from iot_platform.storage import b"), ("iot_platform.storage.b", "from . import a")],
          "cycle: iot_platform.storage.a <-> iot_platform.storage.b"),
         ([("iot_platform.core.x", "from iot_platform.core import y"), ("iot_platform.core.y", "import psycopg2.extras")],

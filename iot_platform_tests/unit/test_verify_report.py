@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -137,7 +138,7 @@ def test_parse_time() -> None:
     assert parse_time("1d", now) == now - timedelta(days=1)
     assert parse_time("2026-01-02T00:00:00Z") == datetime(2026, 1, 2, tzinfo=UTC)
     assert parse_time("2026-01-02 00:00:00") == datetime(2026, 1, 2, tzinfo=UTC)
-    with pytest.raises(ValueError):
+    with pytest.raises(argparse.ArgumentTypeError, match="ISO time"):
         parse_time("yesterday")
 
 
