@@ -9,19 +9,25 @@ Every value comes from an environment variable with the ``IOT_`` prefix (``IOT_M
 from __future__ import annotations
 
 import os
-import socket
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from iot_platform.errors import InvalidConfiguration
 
 DEFAULT_TOPIC_GRAMMAR = "mtic/msg/client/realtime/{tenant_id}/{project_id}[/...]"
 DEFAULT_TOPIC_FILTER = "mtic/msg/client/realtime/#"
 DEFAULT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 THREE_DAYS_MS = 3 * 24 * 3600 * 1000
 MQTT_SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+PORT = {"ge": 1, "le": 65535}
+PORT_OR_OFF = {"ge": 0, "le": 65535}
+# One Kafka bootstrap address: host:port (an IPv6 host in brackets), optionally after a listener name.
+_KAFKA_ADDRESS = re.compile(r"^(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/,\[\]]+):(\d{1,5})$")
 # Platform credentials that `dev up` generates into IOT_HOME/secrets/ (file name -> setting): a command
 # run by hand finds them there when the setting is unset.
 SECRET_FILES = {
@@ -31,7 +37,7 @@ SECRET_FILES = {
 
 
 def _default_bridge_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    return f"{os.uname().nodename}-{os.getpid()}"  # the host name, without the socket module
 
 
 class Settings(BaseSettings):
@@ -46,7 +52,7 @@ class Settings(BaseSettings):
     # MQTT (source of telemetry).
     mqtt_url: str = Field(default="mqtts://127.0.0.1:8883", description="Broker URL: mqtts://host:port (TLS, verified against IOT_MQTT_CA_FILE) or mqtt://host:port (plain).")
     mqtt_ca_file: Path | None = Field(default=None, description="CA certificate (PEM) that signs the broker's certificate (default: IOT_HOME/tls/ca.pem when it exists).")
-    mqtt_plain_port: int = Field(default=1883, ge=0, description="Local broker (`dev up`): plain-MQTT listener on 127.0.0.1 for local tools, credentials still required (0: none).")
+    mqtt_plain_port: int = Field(default=1883, **PORT_OR_OFF, description="Local broker (`dev up`): plain-MQTT listener on 127.0.0.1 for local tools, credentials still required (0: none).")
     mqtt_username: str | None = Field(default="iot-bridge", description="The bridge's broker user name.")
     mqtt_password: SecretStr | None = Field(default=None, description="The bridge's broker password (default: IOT_HOME/secrets/mqtt-bridge-password when it exists).")
     mqtt_admin_username: str = Field(default="iot-admin", description="Broker admin client that manages devices through the dynamic-security API.")
@@ -74,7 +80,7 @@ class Settings(BaseSettings):
 
     # Kafka.
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]. `dev up` runs its brokers there: with IOT_KAFKA_BROKERS=3 at each of three addresses, or at one address's port, +2 and +4.")
-    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker (`dev up`); with 3 brokers, node i (0-2) uses this port + 2i.")
+    kafka_controller_port: int = Field(default=9093, **PORT, description="KRaft controller port of the local broker (`dev up`); with 3 brokers, node i (0-2) uses this port + 2i.")
     kafka_brokers: int = Field(default=1, description="Kafka brokers: `dev up` runs 1, or 3 (KRaft, each also a controller); topics get one replica per broker, min.insync.replicas 2 of 3, no unclean leader election.")
     kafka_topic: str = Field(default="iot-messages", description="Topic of good messages.")
     kafka_dlq_topic: str = Field(default="iot-messages-dlq", description="Topic of dead letters.")
@@ -105,7 +111,7 @@ class Settings(BaseSettings):
 
     # PostgreSQL.
     pg_host: str = Field(default="127.0.0.1", description="PostgreSQL host.")
-    pg_port: int = Field(default=5432, description="PostgreSQL port.")
+    pg_port: int = Field(default=5432, **PORT, description="PostgreSQL port.")
     pg_user: str = Field(default="iot", description="PostgreSQL user of the platform.")
     pg_password: SecretStr = Field(default=SecretStr("iot"), description="Its password.")
     pg_database: str = Field(default="iot", description="Database of the telemetry.")
@@ -118,14 +124,14 @@ class Settings(BaseSettings):
 
     # Dagster and observability.
     dagster_host: str = Field(default="127.0.0.1", description="Dagster webserver host.")
-    dagster_port: int = Field(default=3000, description="Dagster webserver port.")
+    dagster_port: int = Field(default=3000, **PORT, description="Dagster webserver port.")
     exit_with_parent: bool = Field(default=False, description="A service stops when the process that started it dies (set under Dagster).")
     heartbeat_interval_s: float = Field(default=30.0, gt=0, description="Interval of services' heartbeat log lines.")
     consumer_replicas: int = Field(default=1, ge=1, description="Consumers in the group IOT_KAFKA_CONSUMER_GROUP; replica i (IOT_REPLICA_INDEX, or `consumer --replica i`) is the static member IOT_KAFKA_CONSUMER_GROUP-{i} (docs/design.md §10); service_watchdog keeps replicas 0 .. N-1 running and stops one that lowering N removes.")
     dagster_supervises_services: bool = Field(default=True, description="service_watchdog launches and supervises the bridge and consumer replicas; false: another supervisor (Kubernetes) runs them and the watchdog launches nothing.")
     service_stall_timeout_s: float = Field(default=300.0, gt=0, description="service_watchdog kills and relaunches a service that made no progress while work waited (unacked messages, records not stored) or stopped reporting for this long.")
-    bridge_metrics_port: int = Field(default=9108, ge=0, description="Prometheus port of the bridge (0: off).")
-    consumer_metrics_port: int = Field(default=9109, ge=0, description="Prometheus port of the consumer (0: off).")
+    bridge_metrics_port: int = Field(default=9108, **PORT_OR_OFF, description="Prometheus port of the bridge (0: off).")
+    consumer_metrics_port: int = Field(default=9109, **PORT_OR_OFF, description="Prometheus port of the consumer (0: off).")
 
     # Grafana (optional).
     grafana_url: str | None = Field(default=None, description="When set, dashboards are pushed through Grafana's HTTP API.")
@@ -171,11 +177,34 @@ class Settings(BaseSettings):
 
     @field_validator("mqtt_url")
     @classmethod
-    def _mqtt_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in MQTT_SCHEMES:
-            raise ValueError(f"IOT_MQTT_URL {value!r}: the scheme must be mqtt:// or mqtts://, not {scheme or 'none'}")
+    def _mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in MQTT_SCHEMES:
+            raise ValueError(f"the scheme must be mqtt:// or mqtts://, not {parts.scheme + '://' if parts.scheme else 'none'}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == 0 or port == -1:
+            raise ValueError("expected mqtt://host:port or mqtts://host:port (port 1-65535, default 1883 / 8883)")
         return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _kafka_addresses(cls, value: str) -> str:
+        for address in value.split(","):
+            match = _KAFKA_ADDRESS.match(address.strip())
+            if match is None or not 1 <= int(match[1]) <= 65535:
+                raise ValueError(f"{address.strip()!r} is not host:port (several: host1:port1,host2:port2)")
+        return value
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings from the environment; a bad value is an :class:`InvalidConfiguration` whose one line names each."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise InvalidConfiguration(describe_invalid(exc)) from None
 
     @property
     def mqtt_tls(self) -> bool:
@@ -253,6 +282,18 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"IOT_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line for every bad setting: its variable, its value (never a secret's) and why, without pydantic's URLs."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        name = "_".join(str(part) for part in error["loc"])
+        field = Settings.model_fields.get(name)
+        reason = str(error["ctx"]["error"]) if error["type"] == "value_error" and "ctx" in error else error["msg"]
+        shown = "" if field is None or "SecretStr" in str(field.annotation) or "input" not in error else f"={str(error['input'])[:80]!r}"
+        problems.append(f"invalid setting IOT_{name.upper()}{shown}: {reason}")
+    return "; ".join(problems)
 
 
 def settings_table() -> str:

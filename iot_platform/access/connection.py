@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from paho.mqtt.client import Client
 from pydantic import SecretStr
 
+from iot_platform.errors import InvalidConfiguration
 from iot_platform.settings import Settings
 
 
@@ -22,7 +23,7 @@ class MqttCredentials:
     client_id: str | None = None  # a client bound to one client id must connect with it
 
 
-class MqttSetupError(RuntimeError):
+class MqttSetupError(InvalidConfiguration):
     """A setting the connection needs is missing or wrong; the message names it."""
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from iot_platform.access.errors import EXPECTED, one_line
 from iot_platform.settings import Settings
 
 
@@ -35,22 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from iot_platform.access import operations
 
-    try:
-        if args.action in ("add", "rotate"):
-            issue = operations.add_device if args.action == "add" else operations.rotate_device
-            issued = issue(settings, args.tenant, args.project, args.device)
-            result: object = issued.as_json()
-            text = "\n".join(f"{k}: {v}" for k, v in issued.as_json().items()) + "\n(the password is shown only now)"
-        elif args.action == "disable":
-            device = operations.disable_device(settings, args.tenant, args.project, args.device)
-            result = {"tenant": device.tenant_id, "project": device.project_id, "device": device.device_id, "status": device.status}
-            text = f"device {device.username} disabled"
-        else:
-            _, rows = operations.list_registry(settings, args.tenant)
-            result = [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
-            text = "\n".join("\t".join(str(row[k]) for k in ("tenant", "project", "device", "status")) for row in rows)
-    except EXPECTED as exc:
-        print(f"devices {args.action} failed: {one_line(exc)}", file=sys.stderr)
-        return 1
+    if args.action in ("add", "rotate"):
+        issue = operations.add_device if args.action == "add" else operations.rotate_device
+        issued = issue(settings, args.tenant, args.project, args.device)
+        result: object = issued.as_json()
+        text = "\n".join(f"{k}: {v}" for k, v in issued.as_json().items()) + "\n(the password is shown only now)"
+    elif args.action == "disable":
+        device = operations.disable_device(settings, args.tenant, args.project, args.device)
+        result = {"tenant": device.tenant_id, "project": device.project_id, "device": device.device_id, "status": device.status}
+        text = f"device {device.username} disabled"
+    else:
+        _, rows = operations.list_registry(settings, args.tenant)
+        result = [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()} for row in rows]
+        text = "\n".join("\t".join(str(row[k]) for k in ("tenant", "project", "device", "status")) for row in rows)
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import threading
 import uuid
 from collections.abc import Sequence
@@ -18,9 +19,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from iot_platform.access.connection import MqttCredentials, admin_credentials, configure
+from iot_platform.access.connection import MqttCredentials, MqttSetupError, admin_credentials, configure
 from iot_platform.access.dynsec_json import parse_state
 from iot_platform.access.state import BrokerState
+from iot_platform.errors import PlatformError, Unreachable
 from iot_platform.settings import Settings
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -28,11 +30,12 @@ RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 _BATCH = 200  # commands per request: keeps one request far below the broker's max_packet_size
 
 
-class BrokerUnavailable(RuntimeError):
-    """The broker could not be reached or did not answer in time; the message names the setting."""
+class BrokerUnavailable(Unreachable):
+    """The broker could not be reached or did not answer in time; the message names the setting (a refused
+    admin login or a failed TLS handshake is an :class:`~iot_platform.access.connection.MqttSetupError`)."""
 
 
-class DynsecError(RuntimeError):
+class DynsecError(PlatformError):
     """The plugin refused a command (``error`` is its text, e.g. 'Client already exists')."""
 
     def __init__(self, command: str, error: str) -> None:
@@ -66,7 +69,9 @@ class DynsecClient:
         where = f"{self.settings.mqtt_url} (IOT_MQTT_URL)"
         try:
             client.connect(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30)
-        except OSError as exc:  # refused, unreachable, TLS handshake failed
+        except ssl.SSLError as exc:  # the broker answered, but not with a certificate our CA signed for its name
+            raise MqttSetupError(f"TLS to the MQTT broker at {self.settings.mqtt_url} failed: {exc} (IOT_MQTT_CA_FILE, IOT_MQTT_URL)") from exc
+        except OSError as exc:  # refused, unreachable
             raise BrokerUnavailable(f"cannot reach the MQTT broker at {where}: {exc}") from exc
         client.loop_start()
         self._client = client
@@ -75,9 +80,9 @@ class DynsecClient:
             raise BrokerUnavailable(f"the MQTT broker at {where} did not answer within {self.timeout_s} s (IOT_DYNSEC_TIMEOUT_S)")
         if result["rc"].is_failure:
             self.close()
-            raise BrokerUnavailable(
-                f"the MQTT broker refused the admin client {self._credentials.username!r}: {result['rc']}"
-                " (check IOT_MQTT_ADMIN_USERNAME / IOT_MQTT_ADMIN_PASSWORD)"
+            raise MqttSetupError(
+                f"the MQTT broker at {self.settings.mqtt_url} refused the admin client {self._credentials.username!r}: {result['rc']}"
+                " (IOT_MQTT_ADMIN_USERNAME, IOT_MQTT_ADMIN_PASSWORD)"
             )
         client.subscribe(RESPONSE_TOPIC, qos=1)
         if not subscribed.wait(self.timeout_s):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 
+from iot_platform.errors import InvalidConfiguration
+
 ROLE_PREFIX_TENANT = "tenant:"
 ROLE_PREFIX_PROJECT = "project:"
 _ANY_SUFFIX = "[/...]"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class InvalidId(ValueError):
+class InvalidId(InvalidConfiguration, ValueError):
     """An id breaks the id rule; the message names the rule and the setting that holds it."""
 
 

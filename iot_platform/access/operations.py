@@ -24,18 +24,15 @@ from iot_platform.access.dynsec import DynsecClient
 from iot_platform.access.names import project_role, tenant_role, validate_id
 from iot_platform.access.repair import acl_json, create_client
 from iot_platform.access.state import DISABLED, ENABLED, DeviceRecord, TenantRecord, device_client, project_acls, tenant_acls
+from iot_platform.errors import PlatformError
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 
 _EXISTS = frozenset({"Role already exists", "Group already exists"})
 
 
-class AccessError(RuntimeError):
-    """Bad input or a refused change; the message says what to do."""
-
-
-class RegistryUnavailable(AccessError):
-    """PostgreSQL could not be reached."""
+class AccessError(PlatformError):
+    """A refused change (unknown or existing tenant or device); the message says what to do."""
 
 
 def new_password() -> str:
@@ -60,11 +57,7 @@ class IssuedCredentials:
 @contextlib.contextmanager
 def session(settings: Settings) -> Iterator[tuple[psycopg2.extensions.cursor, DynsecClient]]:
     """A registry transaction and an admin broker connection; both checked before any write."""
-    try:
-        conn = connect(settings)
-    except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RegistryUnavailable(f"cannot reach PostgreSQL at {settings.pg_host}:{settings.pg_port} (IOT_PG_HOST, IOT_PG_PORT): {first}") from exc
+    conn = connect(settings)  # unreachable: psycopg2's error, which the command line reports in one line
     try:
         with DynsecClient(settings) as broker:
             with conn.cursor() as cur:
@@ -203,10 +196,7 @@ def disable_device(settings: Settings, tenant_id: str, project_id: str, device_i
 
 def list_registry(settings: Settings, tenant_id: str | None = None) -> tuple[list[TenantRecord], list[dict[str, object]]]:
     """Tenants and devices as the registry has them (no broker needed)."""
-    try:
-        conn = connect(settings)
-    except psycopg2.OperationalError as exc:
-        raise RegistryUnavailable(f"cannot reach PostgreSQL at {settings.pg_host}:{settings.pg_port} (IOT_PG_HOST, IOT_PG_PORT)") from exc
+    conn = connect(settings)
     try:
         with conn.cursor() as cur:
             return registry.list_tenants(cur), registry.device_rows(cur, tenant_id)

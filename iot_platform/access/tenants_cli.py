@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from iot_platform.access.errors import EXPECTED, one_line
 from iot_platform.settings import Settings
 from iot_platform.storage import tenants_cli as roles_cli
 
@@ -34,21 +32,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.action in roles_cli.ACTIONS:
         return roles_cli.run(args, settings)
-    try:
-        if args.action == "add":
-            tenant = operations.add_tenant(settings, args.tenant, args.name)
-            result: object = {"tenant": tenant.tenant_id, "name": tenant.display_name, "status": tenant.status}
-            text = f"tenant {tenant.tenant_id} added"
-        elif args.action == "disable":
-            devices = operations.disable_tenant(settings, args.tenant)
-            result = {"tenant": args.tenant, "status": "disabled", "devices_disabled": devices}
-            text = f"tenant {args.tenant} disabled ({len(devices)} device(s) refused)"
-        else:
-            tenants, _ = operations.list_registry(settings)
-            result = [{"tenant": t.tenant_id, "name": t.display_name, "status": t.status} for t in tenants]
-            text = "\n".join(f"{t.tenant_id}\t{t.status}\t{t.display_name}" for t in tenants)
-    except EXPECTED as exc:
-        print(f"tenants {args.action} failed: {one_line(exc)}", file=sys.stderr)
-        return 1
+    if args.action == "add":
+        tenant = operations.add_tenant(settings, args.tenant, args.name)
+        result: object = {"tenant": tenant.tenant_id, "name": tenant.display_name, "status": tenant.status}
+        text = f"tenant {tenant.tenant_id} added"
+    elif args.action == "disable":
+        devices = operations.disable_tenant(settings, args.tenant)
+        result = {"tenant": args.tenant, "status": "disabled", "devices_disabled": devices}
+        text = f"tenant {args.tenant} disabled ({len(devices)} device(s) refused)"
+    else:
+        tenants, _ = operations.list_registry(settings)
+        result = [{"tenant": t.tenant_id, "name": t.display_name, "status": t.status} for t in tenants]
+        text = "\n".join(f"{t.tenant_id}\t{t.status}\t{t.display_name}" for t in tenants)
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

@@ -6,9 +6,9 @@
 
 Run. Exit codes: 0 after SIGTERM/SIGINT (or the parent's death under ``IOT_EXIT_WITH_PARENT``) once
 the producer is flushed and delivered messages are acked, and 0 after the replica was drained; 1
-after a fatal error (fatal producer error, subscription refused, bad configuration, another bridge
-with the same identity already running in this ``IOT_HOME``); 2 when the replica settings can never
-work (replicas.replica_problem). Either way no unconfirmed message was acked, so the supervisor may
+after a fatal error (fatal producer error, subscription refused, credentials refused, another bridge
+with the same identity already running in this ``IOT_HOME``); 2 at start-up for a setting that cannot
+work, replica settings included (one line naming it; replicas.replica_problem). Either way no unconfirmed message was acked, so the supervisor may
 simply start it again. A replica marked drained in this ``IOT_HOME`` connects nowhere: it reports
 progress and serves /metrics (``iot_bridge_drained`` 1) until it is stopped, then exits 0.
 
@@ -32,7 +32,7 @@ from iot_platform.observability.identity import IDENTITY_SETTING, run_as_only_in
 from iot_platform.observability.instance_lock import AlreadyRunning, holder, lock_path, service_instance
 from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
 from iot_platform.observability.logging import configure_json_logging
-from iot_platform.observability.pidfile import pidfile
+from iot_platform.observability.pidfile import pidfile, replica_pidfile_name
 from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
 
@@ -73,34 +73,26 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run(settings: Settings, *, draining: bool = False) -> int:
     from iot_platform.bridge.service import Bridge  # imported here so `--help` needs no network library
-    from iot_platform.access.connection import MqttSetupError, require_bridge_credentials
-    from iot_platform.core.topic_grammar import GrammarError
+    from iot_platform.access.connection import require_bridge_credentials
 
     identity = settings.bridge_client_id
     mark = drain_marks.drained(settings.home, identity)
     if mark is not None:
         return _stay_drained(settings, mark)
-    try:
-        require_bridge_credentials(settings)
-        bridge = Bridge(settings, draining=draining or drain_marks.drain_requested(settings.home, identity))
-    except (GrammarError, MqttSetupError) as exc:
-        log.error("invalid configuration", extra={"error": str(exc)})
-        return 1
+    # A missing password, a missing CA file or a malformed grammar raise InvalidConfiguration: the
+    # command line prints one line and exits 2, never retrying what cannot work.
+    require_bridge_credentials(settings)
+    bridge = Bridge(settings, draining=draining or drain_marks.drain_requested(settings.home, identity))
     if settings.replica_index >= settings.bridge_replicas:
         log.warning("replica index outside IOT_BRIDGE_REPLICAS", extra={"replica": settings.replica_index, "replicas": settings.bridge_replicas})
     install_stop_signals(bridge.stop)
     watch = ParentWatch(bridge.stop).start() if settings.exit_with_parent else None
     try:
-        with pidfile(settings.home, pidfile_name(settings)):
+        with pidfile(settings.home, replica_pidfile_name("bridge", settings.replica_index)):
             return bridge.run()
     finally:
         if watch:
             watch.stop()
-
-
-def pidfile_name(settings: Settings) -> str:
-    """``bridge`` for replica 0 (the single bridge's name, which `dev status` reads), ``bridge-{i}`` for replica i."""
-    return "bridge" if settings.replica_index == 0 else f"bridge-{settings.replica_index}"
 
 
 def _stay_drained(settings: Settings, mark: dict[str, object]) -> int:

@@ -19,7 +19,9 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from iot_platform.observability.metrics_endpoint import start_metrics_server
 
 LATENCY_BUCKETS_S = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
@@ -122,7 +124,7 @@ class BridgeMetrics:
         """Start the /metrics endpoint on ``port`` (0: off); returns a function that stops it."""
         if port == 0:
             return None
-        server, thread = start_http_server(port, registry=self.registry)
+        server, thread = start_metrics_server(port, self.registry, "IOT_BRIDGE_METRICS_PORT")
 
         def stop() -> None:
             server.shutdown()

@@ -30,8 +30,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from iot_platform.access.kafka_credentials import authentication_message, is_authentication_failure
 from iot_platform.bridge.acks import InFlightMessage
-from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.core.records import KAFKA_REJECTED, RecordRules, dead_letter_record
+from iot_platform.core.retry import Backoff
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class ReliableProducer:
         self._rules = rules
         self._on_delivered = on_delivered
         self._is_stale = is_stale
-        self._cap_s = settings.bridge_reconnect_max_backoff_s
+        self._backoff = Backoff(initial_s=0.5, maximum_s=settings.bridge_reconnect_max_backoff_s)
         self._producer = Producer({**producer_config(settings), **(extra_config or {}), "error_cb": self._on_error})
         self._lock = threading.Lock()  # guards the backlog and produce order
         self._backlog: deque[InFlightMessage] = deque()
@@ -179,7 +179,7 @@ class ReliableProducer:
             item = replace(item, record=record)
         self._log_rate_limited(err, item)
         self.retries += 1
-        delay = jittered_backoff(item.attempts, cap_s=self._cap_s)
+        delay = self._backoff.delay(item.attempts)
         heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), replace(item, attempts=item.attempts + 1)))
 
     def _on_error(self, err: KafkaError) -> None:

@@ -8,7 +8,7 @@ Acks go out in the order the messages arrived (acks.py). Backpressure is the bro
 window: while Kafka is slow, acks stop and the broker stops sending; and because Mosquitto 2.0.11
 sends a resuming session more than the window, the bridge also stops reading its socket while it
 holds ``mqtt_receive_maximum`` unacked messages, so its memory is bounded by the window, not by
-the broker's backlog. MQTT reconnects forever with jittered backoff (paho's network thread); librdkafka
+the broker's backlog. MQTT reconnects forever with the platform's jittered backoff (core/retry.py, paho's network thread); librdkafka
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
@@ -36,7 +36,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iot_platform.bridge.acks import AckGate, InFlightMessage
-from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.bridge.drain import DrainStep, SessionDrain
 from iot_platform.bridge.drain_marks import drain_requested, mark_drained
 from iot_platform.bridge.metrics import PUBLISH_INTERVAL_S, BridgeMetrics, BridgeStats, LiveState
@@ -45,6 +44,7 @@ from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.bridge.replicas import SubscriptionPlan, subscription_plan
 from iot_platform.core.records import InboundMessage, RecordRules, build_record, dead_letter_record
+from iot_platform.core.retry import Backoff
 from iot_platform.core.topic_grammar import INVALID_TOPIC_ENCODING
 from iot_platform.observability.progress import ProgressFile
 from iot_platform.settings import Settings
@@ -76,6 +76,7 @@ class Bridge:
         self._subscription_lock = threading.Lock()  # a drain never starts between a subscription's decision and its packet
         self._drain: SessionDrain | None = SessionDrain() if draining else None
         self._session_ended = False
+        self._reconnect_backoff = Backoff(initial_s=0.5, maximum_s=settings.bridge_reconnect_max_backoff_s)
         self._client.on_pre_connect = lambda _c, _u: self._gate.closed()
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = lambda _c, _u: self._schedule_reconnect("connect failed")
@@ -290,7 +291,7 @@ class Bridge:
         return subscription_plan(self._settings, draining=draining)
 
     def _schedule_reconnect(self, why: str) -> None:
-        delay = jittered_backoff(self._reconnect_attempt, cap_s=self._settings.bridge_reconnect_max_backoff_s)
+        delay = self._reconnect_backoff.delay(self._reconnect_attempt)
         self._reconnect_attempt += 1
         self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho accepts floats
         log.warning("mqtt reconnecting", extra={"why": why, "in_s": round(delay, 2), "attempt": self._reconnect_attempt})

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from iot_platform.consumer.writer import WriteResult
+from iot_platform.observability.metrics_endpoint import start_metrics_server
 
 BATCH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -60,7 +61,7 @@ class ConsumerMetrics:
 
     def serve(self, port: int) -> None:
         if port:
-            start_http_server(port, registry=self.registry)
+            start_metrics_server(port, self.registry, "IOT_CONSUMER_METRICS_PORT")
 
     def record_consumed(self, per_topic: dict[str, int]) -> None:
         for topic, count in per_topic.items():

@@ -25,7 +25,7 @@ from iot_platform.consumer.positions import TopicPartitionKey
 from iot_platform.consumer.write_thread import WriteThread
 from iot_platform.consumer.writer import MissingPartition, WriteResult
 from iot_platform.settings import Settings
-from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
+from iot_platform.storage.db import DATABASE_BACKOFF, is_infrastructure_error, retry_infrastructure
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class BatchSink:
 
     def finish(self) -> None:
         """Wait for the batch in flight; retry it until it commits or we stop."""
-        delays = backoff_delays(0.5, 10.0)
+        delays = DATABASE_BACKOFF.delays()
         while (flight := self._in_flight) is not None:
             error = self._wait(flight)
             if error is None:

@@ -18,6 +18,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+from iot_platform.errors import InvalidConfiguration
+
 # Reasons: stable codes, written in the dead letter's `reason` header.
 TOPIC_MISMATCH = "topic_mismatch"
 INVALID_TENANT_ID = "invalid_tenant_id"
@@ -31,8 +33,8 @@ _FORBIDDEN_IN_LITERAL = set("{}[]+#\x00")
 _TOPIC_CACHE_SIZE = 65_536
 
 
-class GrammarError(ValueError):
-    """The configured grammar itself is malformed: a configuration error, raised at startup."""
+class GrammarError(InvalidConfiguration, ValueError):
+    """The configured grammar itself is malformed: a configuration error, raised at startup (names the setting)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +57,11 @@ def _level_regex(level: str, grammar: str, seen: set[str]) -> str:
     placeholder = _PLACEHOLDER.fullmatch(level)
     if placeholder is None:
         if not level or _FORBIDDEN_IN_LITERAL & set(level):
-            raise GrammarError(f"grammar {grammar!r}: invalid level {level!r} (a literal, or one {{name}})")
+            raise GrammarError(f"grammar {grammar!r}: invalid level {level!r} (a literal, or one {{name}}) (IOT_MQTT_TOPIC_GRAMMAR)")
         return re.escape(level)
     name = placeholder.group(1)
     if name in seen:
-        raise GrammarError(f"grammar {grammar!r}: placeholder {{{name}}} appears twice")
+        raise GrammarError(f"grammar {grammar!r}: placeholder {{{name}}} appears twice (IOT_MQTT_TOPIC_GRAMMAR)")
     seen.add(name)
     if name in REQUIRED_PLACEHOLDERS:
         return f"(?P<{name}>[^/]*)"
@@ -80,12 +82,12 @@ def literal_prefix(grammar: str) -> str:
 def _compile(grammar: str) -> re.Pattern[str]:
     body, any_suffix = (grammar[: -len(_ANY_SUFFIX)], True) if grammar.endswith(_ANY_SUFFIX) else (grammar, False)
     if not body:
-        raise GrammarError("the topic grammar is empty")
+        raise GrammarError("the topic grammar is empty (IOT_MQTT_TOPIC_GRAMMAR)")
     seen: set[str] = set()
     parts = [_level_regex(level, grammar, seen) for level in body.split("/")]
     missing = [name for name in REQUIRED_PLACEHOLDERS if name not in seen]
     if missing:
-        raise GrammarError(f"grammar {grammar!r} lacks {', '.join('{' + m + '}' for m in missing)}")
+        raise GrammarError(f"grammar {grammar!r} lacks {', '.join('{' + m + '}' for m in missing)} (IOT_MQTT_TOPIC_GRAMMAR)")
     return re.compile("/".join(parts) + ("(?:/.*)?" if any_suffix else ""), re.DOTALL)
 
 
@@ -100,7 +102,7 @@ class TopicGrammar:
         try:
             self._id = re.compile(id_pattern)
         except re.error as exc:
-            raise GrammarError(f"invalid id pattern {id_pattern!r}: {exc}") from exc
+            raise GrammarError(f"invalid id pattern {id_pattern!r}: {exc} (IOT_ID_PATTERN)") from exc
         self.parse = functools.lru_cache(maxsize=_TOPIC_CACHE_SIZE)(self._parse)
 
     def _parse(self, topic: str) -> TopicMatch | Rejection:

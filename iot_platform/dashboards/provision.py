@@ -6,12 +6,14 @@ the dashboard provider and one JSON file per dashboard. The bytes depend on noth
 so ``deploy/grafana`` in git is exactly what the asset generates and a diff shows every change.
 
 :func:`push_to_grafana` (when ``IOT_GRAFANA_URL`` is set) upserts the same data source and
-dashboards into Grafana's main organisation; :func:`push_tenant_org` gives one tenant its own
-organisation whose data source logs in as the tenant's role. Both are idempotent.
+dashboards into Grafana's main organisation; :func:`push_tenant_orgs` gives each tenant its own
+organisation whose data source logs in as the tenant's role (made by `iot-platform tenants sync`).
+Both are idempotent; the ``grafana_dashboards`` asset runs them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,19 @@ def push_tenant_org(settings: Settings, session: GrafanaSession, tenant_id: str,
     for dashboard in TENANT_DASHBOARDS:
         session.upsert_dashboard(org_id, render(dashboard), FOLDER_TITLE)
     return org_id
+
+
+def push_tenant_orgs(settings: Settings, roles: Iterable[tuple[str, str]], session: GrafanaSession | None = None) -> tuple[str, ...]:
+    """:func:`push_tenant_org` for each (tenant id, role); the tenants provisioned.
+
+    Nothing without ``IOT_TENANT_PASSWORD_KEY``: a data source cannot log in as a role without its password.
+    """
+    key = settings.tenant_password_key
+    if key is None:
+        return ()
+    session = session or session_from_settings(settings)
+    pushed = []
+    for tenant_id, role in roles:
+        push_tenant_org(settings, session, tenant_id, role, derive_password(key.get_secret_value(), role))
+        pushed.append(tenant_id)
+    return tuple(pushed)

@@ -3,8 +3,10 @@
 Kafka deletes a record once it is older than the topic's ``retention.ms`` (whole segments at a time,
 so never earlier), whether or not the consumer has read it. Reading, per partition of both topics,
 the consumer's stored position (PostgreSQL) and the watermarks (as `iot-platform verify` reads
-them), and the timestamp of the first record not yet stored, tells how close the oldest waiting record is to that deletion: the warning comes at
-half the retention, while there is still time to act. Read-only; every call has a timeout.
+them, and counted as it counts them: :class:`iot_platform.core.completeness.PartitionPosition`), and the
+timestamp of the first record not yet stored, tells how close the oldest waiting record is to that
+deletion: the warning comes at half the retention, while there is still time to act. Read-only; every
+call has a timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from iot_platform.core.completeness import PartitionPosition
 from iot_platform.devices.verify import kafka_offsets
 from iot_platform.settings import Settings
 
@@ -23,25 +26,12 @@ TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
-class PartitionBacklog:
-    """One partition: the consumer's stored next offset against what Kafka still holds."""
+class PartitionBacklog(PartitionPosition):
+    """One partition's position (``stored_next`` 0 when nothing was stored) with its topic's retention and,
+    when records wait, the timestamp of the first of them."""
 
-    topic: str
-    partition: int
-    stored_next: int  # 0 when nothing was stored yet
-    low: int
-    high: int
-    retention_ms: int
+    retention_ms: int = 0
     oldest_timestamp_ms: int | None = None  # of the first record not yet stored, when there is one
-
-    @property
-    def waiting(self) -> int:
-        return max(0, self.high - max(self.stored_next, self.low))
-
-    @property
-    def already_expired(self) -> int:
-        """Records deleted before the consumer stored them (it records them when it reads on)."""
-        return max(0, min(self.low, self.high) - self.stored_next)
 
     def age_s(self, now_ms: int) -> float | None:
         if not self.waiting or self.oldest_timestamp_ms is None:
@@ -58,9 +48,9 @@ def kafka_backlog(settings: Settings, timeout_s: float = TIMEOUT_S) -> list[Part
     """Every partition of the messages and dead-letter topics, with its oldest unconsumed record's timestamp."""
     offsets = kafka_offsets(settings, timeout_s)
     retention = _retention_ms(settings, sorted({p.topic for p in offsets}), timeout_s)
-    found = [PartitionBacklog(p.topic, p.partition, p.stored_next or 0, p.low, p.high, retention[p.topic]) for p in offsets]
+    found = [PartitionBacklog(p.topic, p.partition, p.low, p.high, p.stored_next or 0, retention[p.topic]) for p in offsets]
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config(),  # the brokers and the credentials and TLS of every platform client
         "group.id": f"iot-backlog-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",  # a record deleted meanwhile: the next one still tells the age
@@ -73,7 +63,7 @@ def kafka_backlog(settings: Settings, timeout_s: float = TIMEOUT_S) -> list[Part
 
 
 def _retention_ms(settings: Settings, topics: list[str], timeout_s: float) -> dict[str, int]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": int(timeout_s * 1000)})
+    admin = AdminClient({**settings.kafka_config(), "socket.timeout.ms": int(timeout_s * 1000)})
     resources = [ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics]
     described = admin.describe_configs(resources, request_timeout=timeout_s)
     return {r.name: int(described[r].result(timeout=timeout_s)["retention.ms"].value) for r in resources}

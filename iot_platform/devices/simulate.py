@@ -70,6 +70,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+MAX_OUTSTANDING = 65_534  # unacked publishes per client: paho stalls beyond 65,535
 Ack = tuple[int, int, bool]  # connection index, message id, refused
 
 
@@ -115,8 +116,8 @@ def simulate(
     progress: TextIO | None = None,
 ) -> SimulationResult:
     """Publish until ``count`` messages, ``duration_s`` or ``stop``; then wait for outstanding acks."""
-    if not 0 < max_outstanding < 65_535:
-        raise ValueError("max_outstanding must be within 1..65534 (paho stalls beyond 65,535)")
+    if not 0 < max_outstanding <= MAX_OUTSTANDING:
+        raise ValueError(f"max_outstanding must be within 1..{MAX_OUTSTANDING} (paho stalls beyond 65,535)")
     stop = stop or threading.Event()
     fleet = Fleet(spec)
     result = SimulationResult(run_id=spec.run_id)

@@ -15,28 +15,33 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import ssl
 import sys
 import threading
 
-from iot_platform.devices.fleet import OVERSIZE, Fleet, FleetSpec
 from iot_platform.access.connection import MqttCredentials
-from iot_platform.devices.simulate import DEMO_FLEET, SimulationResult, new_run_id, simulate, write_summary
+from iot_platform.core.arguments import number
+from iot_platform.devices.fleet import OVERSIZE, Fleet, FleetSpec
+from iot_platform.devices.simulate import DEMO_FLEET, MAX_OUTSTANDING, SimulationResult, new_run_id, simulate, write_summary
+from iot_platform.errors import InvalidConfiguration, Unreachable
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tenants", type=int, default=2, help="Tenants (default 2).")
-    parser.add_argument("--projects", type=int, default=2, help="Projects per tenant (default 2).")
-    parser.add_argument("--devices", type=int, default=5, help="Devices per project (default 5).")
-    parser.add_argument("--rate", type=float, default=100.0, help="Messages per second for the whole fleet; 0 = as fast as possible.")
-    parser.add_argument("--duration", type=float, default=None, help="Stop after this many seconds.")
-    parser.add_argument("--count", type=int, default=None, help="Stop after this many messages.")
-    parser.add_argument("--bad-fraction", type=float, default=0.0, help="Fraction of deliberately bad messages (0..1).")
+    parser.add_argument("--tenants", type=number(int, minimum=1), default=2, help="Tenants (default 2).")
+    parser.add_argument("--projects", type=number(int, minimum=1), default=2, help="Projects per tenant (default 2).")
+    parser.add_argument("--devices", type=number(int, minimum=1), default=5, help="Devices per project (default 5).")
+    parser.add_argument("--rate", type=number(float, minimum=0.0, meaning=" (0: as fast as possible)"), default=100.0,
+                        help="Messages per second for the whole fleet; 0 = as fast as possible.")
+    parser.add_argument("--duration", type=number(float, minimum=0.001), default=None, help="Stop after this many seconds.")
+    parser.add_argument("--count", type=number(int, minimum=1), default=None, help="Stop after this many messages.")
+    parser.add_argument("--bad-fraction", type=number(float, minimum=0.0, maximum=1.0), default=0.0, help="Fraction of deliberately bad messages (0..1).")
     parser.add_argument("--tenant-prefix", default="tenant", help="Tenant ids are PREFIX00, PREFIX01, ... (default 'tenant').")
     parser.add_argument("--seed", type=int, default=0, help="Seed of readings and of bad-message choice.")
     parser.add_argument("--run-id", default=None, help="Run id in every msg_id (default: random).")
-    parser.add_argument("--max-in-flight", type=int, default=20_000, help="Published but unacked messages, at most (< 65,535).")
+    parser.add_argument("--max-in-flight", type=number(int, minimum=1, maximum=MAX_OUTSTANDING), default=20_000,
+                        help=f"Published but unacked messages, at most ({MAX_OUTSTANDING:,} at most: paho stalls beyond).")
     parser.add_argument("--summary", default=None, metavar="FILE", help="Write the run summary (with per-device last seq) here.")
     parser.add_argument("--demo", action="store_true", help="The `make run` demo fleet: 2 x 2 x 5 devices at 20 msg/s until stopped.")
     parser.add_argument("--quiet", action="store_true", help="No live progress line on stderr.")
@@ -59,22 +64,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         tenant_prefix=args.tenant_prefix,
         bad_categories=(OVERSIZE,),  # the only bad input a gateway's ACL lets through
     )
-    from iot_platform.access.errors import EXPECTED, one_line
     from iot_platform.access.gateways import gateway_credentials
 
-    try:
-        gateways = gateway_credentials(settings, Fleet(spec).projects)
-    except EXPECTED as exc:
-        print(f"simulate failed: cannot register the gateway devices: {one_line(exc)}", file=sys.stderr)
-        return 1
+    gateways = gateway_credentials(settings, Fleet(spec).projects)  # the registry and the broker's admin client
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _s, _f: stop.set())
     try:
         result = _simulate(settings, spec, gateways, args, stop)
-    except (ConnectionError, OSError) as exc:
-        print(f"simulate failed: {exc} (IOT_MQTT_URL, IOT_MQTT_CA_FILE)", file=sys.stderr)
-        return 1
+    except ssl.SSLError as exc:
+        raise InvalidConfiguration(f"TLS to the MQTT broker at {settings.mqtt_url} failed: {exc} (IOT_MQTT_CA_FILE, IOT_MQTT_URL)") from exc
+    except (ConnectionError, OSError) as exc:  # refused, unreachable, or no CONNACK in time
+        raise Unreachable.service("the MQTT broker", settings.mqtt_url, "IOT_MQTT_URL, IOT_MQTT_CA_FILE", exc) from exc
     if args.summary:
         write_summary(result, args.summary)
     summary = result.to_json()

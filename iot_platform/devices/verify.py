@@ -16,10 +16,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
-from iot_platform.devices.verify_report import Expectation, PartitionOffsets, build_report
+from iot_platform.core.completeness import PartitionPosition, records_not_stored
+from iot_platform.devices.verify_report import Expectation, build_report
 from iot_platform.observability.kafka_watermarks import topic_watermarks, watermark_reader
 from iot_platform.settings import Settings
-from iot_platform.storage.audit import expired_offsets
+from iot_platform.storage.audit import consumed_offsets, expired_offsets
 from iot_platform.storage.db import connect
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,13 @@ def dead_letter_rows(settings: Settings, since: datetime | None, until: datetime
         conn.close()
 
 
-def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[PartitionOffsets]:
+def kafka_offsets(settings: Settings, timeout_s: float = KAFKA_TIMEOUT_S) -> list[PartitionPosition]:
     """Low/high watermarks of both topics beside the consumer's stored next offsets."""
     topics = [settings.kafka_topic, settings.kafka_dlq_topic]
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT topic, partition, next_offset FROM iot.ingest_offsets WHERE topic = ANY(%s)", (topics,))
-            stored = {(topic, partition): next_offset for topic, partition, next_offset in cur.fetchall()}
-    finally:
-        conn.close()
+    stored = consumed_offsets(settings)
     with watermark_reader(settings, "verify", timeout_s) as client:
         watermarks = topic_watermarks(client, topics, timeout_s)
-    return [PartitionOffsets(topic, partition, low, high, stored.get((topic, partition)))
+    return [PartitionPosition(topic, partition, low, high, stored.get((topic, partition)))
             for (topic, partition), (low, high) in watermarks.items()]
 
 
@@ -85,7 +80,7 @@ def wait_until_drained(settings: Settings, timeout_s: float, interval_s: float =
     """True once the consumer's stored offsets reach Kafka's end offsets; False after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        pending = sum(max(p.lag, 0) for p in kafka_offsets(settings))
+        pending = records_not_stored(kafka_offsets(settings))
         if pending == 0:
             return True
         if time.monotonic() >= deadline:

@@ -15,8 +15,10 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 
+from iot_platform.core.arguments import number
 from iot_platform.devices.verify import verify, wait_until_drained
 from iot_platform.devices.verify_report import Expectation, exit_code
+from iot_platform.errors import InvalidConfiguration
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.settings import Settings
 
@@ -29,7 +31,10 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     match = _RELATIVE.match(text.strip())
     if match:
         return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match[2]]: float(match[1])})
-    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO time (2026-11-02T10:00:00Z) or an age (90s, 15m, 2h, 1d), not {text!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -38,17 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", type=parse_time, default=None, help="End of the window (exclusive).")
     parser.add_argument("--run-id", default=None, help="Only this simulator run.")
     parser.add_argument("--expect", default=None, metavar="FILE", help="Summary written by `iot-platform simulate --summary FILE`.")
-    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="First wait up to this long for the consumer to drain Kafka.")
+    parser.add_argument("--wait", type=number(float, minimum=0.0), default=0.0, metavar="SECONDS", help="First wait up to this long for the consumer to drain Kafka.")
     parser.add_argument("--no-kafka", action="store_true", help="Skip the Kafka offsets (database only).")
     parser.add_argument("--json", action="store_true", help="Print the full report as JSON.")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     configure_json_logging()
-    expectation = None
-    if args.expect:
-        with open(args.expect, encoding="utf-8") as summary:
-            expectation = Expectation.from_summary(json.load(summary))
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise InvalidConfiguration(f"--since {args.since.isoformat()} is not before --until {args.until.isoformat()}")
+    expectation = read_expectation(args.expect) if args.expect else None
     if args.wait > 0 and not args.no_kafka:
         wait_until_drained(settings, args.wait)
     report = verify(
@@ -56,6 +60,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(json.dumps(report, indent=1) if args.json else render_text(report))
     return exit_code(report)
+
+
+def read_expectation(path: str) -> Expectation:
+    """The simulator's summary (``simulate --summary FILE``); a file that is missing or not one is a bad --expect."""
+    try:
+        with open(path, encoding="utf-8") as summary:
+            return Expectation.from_summary(json.load(summary))
+    except OSError as exc:
+        raise InvalidConfiguration(f"--expect {path}: {exc.strerror or exc}") from exc
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise InvalidConfiguration(f"--expect {path} is not a summary written by `iot-platform simulate --summary FILE` ({exc!r})") from exc
 
 
 def render_text(report: dict) -> str:  # type: ignore[type-arg]

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
+from iot_platform.core.completeness import PartitionPosition, records_not_stored
 from iot_platform.devices.sequences import StreamKey, StreamReport, analyse, totals
 
 # The simulator writes msg_id first, so even a truncated dead letter starts with its identity.
@@ -20,19 +21,6 @@ _IDENTITY = re.compile(rb'^\{"msg_id":"(?P<run>[^:"]{1,64}):(?P<device>[^:"]{1,1
 _MARKED_BAD = re.compile(rb'"sim_bad":"(?P<category>[a-z_]+)"')
 MAX_LISTED_STREAMS = 50
 MAX_LISTED_RANGES = 20
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionOffsets:
-    topic: str
-    partition: int
-    low: int
-    high: int
-    stored_next: int | None  # iot.ingest_offsets.next_offset; None when the consumer never wrote it
-
-    @property
-    def lag(self) -> int:
-        return self.high - (self.stored_next if self.stored_next is not None else self.low)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +68,7 @@ class Expectation:
 def build_report(
     stored_rows: Iterable[tuple[str, str, str, int]],
     dead_letter_rows: Iterable[tuple[str | None, str, bytes]],
-    offsets: Iterable[PartitionOffsets] = (),
+    offsets: Iterable[PartitionPosition] = (),
     expectation: Expectation | None = None,
     run_id: str | None = None,
     expired: Iterable[Mapping[str, object]] = (),
@@ -115,7 +103,7 @@ def build_report(
     reports = analyse(stored, dead, expectation.last_seq if expectation else None, tenants)
     total = totals(reports)
     partitions = list(offsets)
-    pending = sum(max(p.lag, 0) for p in partitions)
+    pending = records_not_stored(partitions)
     duplicate_dead_letters = sum(n - 1 for n in dead_letter_copies.values())
     expired_ranges = [dict(e) for e in expired]
     expired_records = sum(int(e["records"]) for e in expired_ranges)  # type: ignore[call-overload]

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from iot_platform.errors import PlatformError
 
-class AlreadyRunning(Exception):
+
+class AlreadyRunning(PlatformError):
     """Another live process holds this identity's lock."""
 
     def __init__(self, what: str, holder_pid: int | None, path: Path) -> None:

@@ -9,15 +9,21 @@ second) leaves out a partition it has no value for yet instead of reporting a ma
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from iot_platform.errors import PlatformError
 from iot_platform.settings import Settings
 
 PartitionKey = tuple[str, int]  # (topic, partition)
+# librdkafka logs every refused connection while it retries; a reader's caller reports the one failure
+# that matters (a timeout, an unknown topic) in one line instead.
+_CLIENT_LOG = logging.getLogger(f"{__name__}.librdkafka")
+_CLIENT_LOG.setLevel(logging.CRITICAL)
 
 
 @contextmanager
@@ -31,6 +37,7 @@ def watermark_reader(settings: Settings, purpose: str, timeout_s: float) -> Iter
         "group.id": f"iot-{purpose}-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False,
         "socket.timeout.ms": int(timeout_s * 1000),
+        "logger": _CLIENT_LOG,
     })
     try:
         yield client
@@ -44,7 +51,8 @@ def topic_watermarks(client: Consumer, topics: Iterable[str], timeout_s: float) 
     for topic in topics:
         metadata = client.list_topics(topic, timeout=timeout_s).topics[topic]
         if metadata.error is not None:
-            raise RuntimeError(f"Kafka topic {topic!r}: {metadata.error}")
+            # e.g. unknown: a wrong name, or not created yet (dev up and the bridge create them)
+            raise PlatformError(f"Kafka has no topic {topic!r}: {metadata.error.str()} (IOT_KAFKA_TOPIC, IOT_KAFKA_DLQ_TOPIC)")
         keys.extend((topic, partition) for partition in sorted(metadata.partitions))
     return {key: client.get_watermark_offsets(TopicPartition(*key), timeout=timeout_s, cached=False) for key in keys}
 

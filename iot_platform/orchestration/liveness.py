@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from iot_platform.observability.progress import ProgressReport
 from iot_platform.orchestration.supervision import RunView
+
+if TYPE_CHECKING:  # the reports are read elsewhere; judging them needs no file or socket
+    from iot_platform.observability.progress import ProgressReport
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from iot_platform.core.retry import Backoff
+
 
 ACTIVE = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "SUSPENDED"})
 NOT_STARTED = frozenset({"QUEUED", "NOT_STARTED"})
@@ -56,8 +58,12 @@ class Decision:
     alive: tuple[RunView, ...] = ()  # active runs, dead ones excluded
 
 
-def backoff_s(quick_failures: int, base_s: float = 10.0, maximum_s: float = 300.0) -> float:
-    return 0.0 if quick_failures <= 0 else min(maximum_s, base_s * 2 ** (quick_failures - 1))
+CRASH_LOOP_BACKOFF = Backoff(initial_s=10.0, maximum_s=300.0, jitter=False)  # the wait is shown in the decision's reason
+
+
+def backoff_s(quick_failures: int) -> float:
+    """How long to wait before relaunching a replica after ``quick_failures`` quick failures in a row."""
+    return 0.0 if quick_failures <= 0 else CRASH_LOOP_BACKOFF.delay(quick_failures - 1)
 
 
 def decide(runs: Sequence[RunView], now: float, host: str, pid_alive: Callable[[int], bool]) -> Decision:

@@ -8,7 +8,6 @@ import sys
 
 from iot_platform.settings import Settings
 from iot_platform.stack.platform import LocalPlatform
-from iot_platform.stack.process import StackError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,20 +24,16 @@ def _progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        platform = LocalPlatform(settings, progress=_progress)
-        if args.action == "up":
-            platform.up(demo=settings.demo and not args.no_demo)
-            _print_endpoints(platform.status(), settings)
-        elif args.action == "status":
-            status = platform.status()
-            print(json.dumps(status, indent=2) if args.json else _describe(status))
-        elif args.action == "down":
-            stopped = platform.down()
-            print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    platform = LocalPlatform(settings, progress=_progress)  # a StackError says what to do; the command line prints it
+    if args.action == "up":
+        platform.up(demo=settings.demo and not args.no_demo)
+        _print_endpoints(platform.status(), settings)
+    elif args.action == "status":
+        status = platform.status()
+        print(json.dumps(status, indent=2) if args.json else _describe(status))
+    elif args.action == "down":
+        stopped = platform.down()
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     return 0
 
 

@@ -128,6 +128,9 @@ def render_server_properties(config: KafkaConfig) -> str:
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
+JAVA_HINT = "install a JDK 17+ (sudo apt-get install openjdk-17-jre-headless)"
+
+
 def kafka_classpath(cache_dir: Path | None = None) -> str:
     """The broker's classpath, resolved by Maven from the pinned pom and cached per pom content."""
     pom = DEPLOY_DIR / "pom.xml"
@@ -196,7 +199,7 @@ class KafkaServer:
         return client_config(self.bootstrap, self.config.security)
 
     def _java(self, main_class: str, *args: str) -> list[str]:
-        java = require_binary("java", "install a JDK 17+ (sudo apt-get install openjdk-17-jre-headless)")
+        java = require_binary("java", JAVA_HINT)
         heap = HEAP_MB[3 if self.config.cluster_size >= 3 else 1]
         return [
             java,

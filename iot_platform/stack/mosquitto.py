@@ -118,6 +118,11 @@ def render_config(config: MosquittoConfig) -> str:
 DYNSEC_FILE = "dynamic-security.json"
 
 
+def mosquitto_binary() -> str:
+    # Debian installs the broker in /usr/sbin, which is not on every user's PATH.
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else require_binary("mosquitto", INSTALL_HINT)
+
+
 class MosquittoServer:
     """Mosquitto with its store, dynsec file and log under ``workdir``.
 
@@ -183,8 +188,7 @@ class MosquittoServer:
     def start(self, timeout_s: float = 20.0) -> "MosquittoServer":
         if self.is_running():
             return self
-        # Debian installs the broker in /usr/sbin, which is not on every user's PATH.
-        binary = "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else require_binary("mosquitto", INSTALL_HINT)
+        binary = mosquitto_binary()
         if self.config.tls_port is not None:
             ensure_port_free(self.host, self.config.tls_port, "IOT_MQTT_URL")
         if self.config.plain_port is not None:

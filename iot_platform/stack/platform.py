@@ -31,12 +31,12 @@ from iot_platform.stack import dagster_processes
 from iot_platform.stack.databases import ensure_platform_role_and_databases
 from iot_platform.access.connection import admin_credentials
 from iot_platform.stack.certs import server_certificate
-from iot_platform.stack.kafka import ensure_topics
+from iot_platform.stack.kafka import JAVA_HINT, ensure_topics
 from iot_platform.stack.kafka_cluster import KafkaCluster, formatted_sizes, local_node_addresses
-from iot_platform.stack.mosquitto import MosquittoServer
+from iot_platform.stack.mosquitto import MosquittoServer, mosquitto_binary
 from iot_platform.stack.ports import ensure_port_free
-from iot_platform.stack.postgres import PostgresServer
-from iot_platform.stack.process import StackError, pid_alive, spawn, stop_group, stop_groups, wait_until
+from iot_platform.stack.postgres import PostgresServer, server_binary
+from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, stop_groups, wait_until
 from iot_platform.stack.secrets import with_platform_secrets
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class LocalPlatform:
         if not self.state.alive("mosquitto"):
             # A broker started by a package install usually holds this port: fail before starting anything.
             ensure_port_free(self.settings.mqtt_host, self.settings.mqtt_port, "IOT_MQTT_URL")
+        self._require_programs()
         started: list[str] = []
         try:
             self._step("postgres", started, self._start_postgres)
@@ -179,6 +180,16 @@ class LocalPlatform:
             for name in reversed(started):
                 self._stop(name)
             raise
+
+    def _require_programs(self) -> None:
+        """A program a server that is not running needs is missing: fail before starting anything."""
+        if not self.state.alive("postgres"):
+            server_binary("initdb")
+            server_binary("pg_ctl")
+        if not self.state.alive("kafka"):
+            require_binary("java", JAVA_HINT)
+        if not self.state.alive("mosquitto"):
+            mosquitto_binary()
 
     def _step(self, name: str, started: list[str], start: Callable[[], int | None], *, checked: bool = True) -> None:
         """Start one part unless it runs already; ``checked``: ``start`` returns only once it is healthy."""

@@ -16,10 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iot_platform.errors import PlatformError
 from iot_platform.observability.lifecycle import pid_alive
 
 
-class StackError(RuntimeError):
+class StackError(PlatformError):
     """A local server could not be installed, started or reached; the message says what to do."""
 
 

@@ -1,5 +1,7 @@
 """Read-only queries that prove (or disprove) that the stored data is complete and consistent.
 
+They read the numbers; the arithmetic on them is :mod:`iot_platform.core.completeness`'s.
+
 Each function runs in one REPEATABLE READ, READ ONLY transaction, so rows and the consumer's
 offsets (committed together by the consumer) are read from the same snapshot.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from iot_platform.core.completeness import PartitionCoverage
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 
@@ -42,27 +45,6 @@ edges AS (SELECT kafka_offset + 1 AS gap_start,
                  lead(kafka_offset, 1, %(next)s) OVER (ORDER BY kafka_offset) - 1 AS gap_end FROM offsets)
 SELECT gap_start, gap_end FROM edges WHERE gap_end >= gap_start ORDER BY gap_start LIMIT %(limit)s
 """
-
-
-@dataclass(frozen=True)
-class PartitionCoverage:
-    """Offsets [first_offset, next_offset) of one Kafka partition against the rows stored for them."""
-
-    topic: str
-    partition: int
-    next_offset: int
-    first_offset: int | None  # first stored offset received inside the window; None: nothing there
-    found: int
-    beyond: int  # rows stored at or past next_offset: the offset table is behind the rows
-    gaps: tuple[tuple[int, int], ...] = ()
-
-    @property
-    def expected(self) -> int:
-        return 0 if self.first_offset is None else self.next_offset - self.first_offset
-
-    @property
-    def complete(self) -> bool:
-        return self.found == self.expected and self.beyond == 0
 
 
 def _read_only(settings: Settings):  # type: ignore[no-untyped-def]

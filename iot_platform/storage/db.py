@@ -3,22 +3,23 @@
 Every connection the platform opens comes from :func:`connect`: it carries ``connect_timeout``,
 a session ``statement_timeout`` and TCP keepalives, so no call can hang on a dead server.
 :func:`is_infrastructure_error` tells "the database is unavailable, retry later" apart from
-"this data is bad"; :func:`retry_infrastructure` retries the former with jittered exponential
-backoff and lets the latter propagate at once.
+"this data is bad"; :func:`retry_infrastructure` retries the former with the platform's retry
+policy (:data:`DATABASE_BACKOFF`, :mod:`iot_platform.core.retry`) and lets the latter propagate at once.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
+from iot_platform.core.retry import Backoff, retry
+from iot_platform.errors import InvalidConfiguration, PlatformError, Unreachable, first_line
 from iot_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ T = TypeVar("T")
 _INFRA_SQLSTATE_CLASSES = ("08", "40", "53", "55", "57", "58", "XX")
 # A schema not migrated yet (undefined table or schema) is retried too: it heals once migrations run.
 _NOT_READY_SQLSTATES = ("42P01", "3F000")
+# libpq's words for a connection refused over its settings rather than for want of a server.
+_REFUSED_LOGIN = ("authentication failed", "no pg_hba.conf entry", "role \"")
+_TLS = ("ssl", "certificate")
+# Waits between attempts against an unavailable database: 0.25-0.5 s at first, then up to 5-10 s.
+DATABASE_BACKOFF = Backoff(initial_s=0.5, maximum_s=10.0)
 
 
 def connect(settings: Settings, database: str | None = None, *, autocommit: bool = False) -> psycopg2.extensions.connection:
@@ -72,40 +78,53 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
-def backoff_delays(initial_s: float = 0.5, maximum_s: float = 10.0) -> Iterator[float]:
-    """Endless jittered exponential backoff: uniform(initial/2, min(maximum, initial * 2**n))."""
-    ceiling = initial_s
-    while True:
-        yield random.uniform(initial_s / 2, ceiling)
-        ceiling = min(maximum_s, ceiling * 2)
-
-
 def retry_infrastructure(
     operation: Callable[[], T],
     *,
     description: str,
     should_stop: Callable[[], bool] = lambda: False,
-    initial_s: float = 0.5,
-    maximum_s: float = 10.0,
+    policy: Backoff = DATABASE_BACKOFF,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run ``operation`` until it succeeds, retrying only infrastructure errors with jittered backoff.
+    """Run ``operation`` until it succeeds, retrying only infrastructure errors with ``policy``'s backoff.
 
     Data errors propagate on the first attempt. When ``should_stop()`` turns true between attempts
     the last infrastructure error is raised, so a stopping service never spins forever.
     """
-    attempt = 0
-    for delay in backoff_delays(initial_s, maximum_s):
-        attempt += 1
-        try:
-            return operation()
-        except Exception as exc:  # noqa: BLE001 - classified just below
-            if not is_infrastructure_error(exc) or should_stop():
-                raise
-            log.warning(
-                "database unavailable, retrying",
-                extra={"operation": description, "attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc).strip()[:300]},
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
 
+    def log_retry(exc: Exception, attempt: int, delay: float) -> None:
+        log.warning(
+            "database unavailable, retrying",
+            extra={"operation": description, "attempt": attempt, "retry_in_s": round(delay, 2), "error": str(exc).strip()[:300]},
+        )
+
+    return retry(operation, policy=policy, retryable=is_infrastructure_error, should_stop=should_stop, on_retry=log_retry, sleep=sleep)
+
+
+def database_failure(exc: BaseException, settings: Settings) -> PlatformError | None:
+    """The one line a person can act on for a PostgreSQL error, or None when it is not an expected one (a bug).
+
+    Refused logins, TLS and a missing database name their settings (retrying cannot help); a server
+    that does not answer or is unavailable is :class:`Unreachable`; a database without the platform's
+    schema says to migrate.
+    """
+    if not isinstance(exc, psycopg2.Error):
+        return None
+    where = f"PostgreSQL at {settings.pg_host}:{settings.pg_port}"
+    text = first_line(exc)
+    if isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:  # libpq could not open or keep the session
+        lowered = text.lower()
+        if any(words in lowered for words in _REFUSED_LOGIN):
+            return InvalidConfiguration(f"{where} refused user {settings.pg_user!r}: {text} (IOT_PG_USER, IOT_PG_PASSWORD)")
+        if "database" in lowered and "does not exist" in lowered:
+            return InvalidConfiguration(f"{where} has no database {settings.pg_database!r} (IOT_PG_DATABASE; `iot-platform dev up` creates it)")
+        if any(words in lowered for words in _TLS):
+            return InvalidConfiguration(f"TLS to {where} failed: {text} (IOT_PG_SSLMODE, IOT_PG_SSLROOTCERT)")
+        return Unreachable.service("PostgreSQL", f"{settings.pg_host}:{settings.pg_port}", "IOT_PG_HOST, IOT_PG_PORT", text)
+    if isinstance(exc, (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName)):
+        return PlatformError(f"{where}: database {settings.pg_database!r} lacks the platform's schema ({text}): run `iot-platform migrate`")
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        return InvalidConfiguration(f"{where}: user {settings.pg_user!r} may not do this: {text} (IOT_PG_USER)")
+    if is_infrastructure_error(exc):
+        return Unreachable(f"{where} is unavailable: {text} (try again later)")
+    return None

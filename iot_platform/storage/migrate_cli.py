@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from iot_platform.core.arguments import number
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.settings import Settings
 from iot_platform.storage.migrate import apply_migrations
@@ -12,7 +13,7 @@ from iot_platform.storage.migrate import apply_migrations
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--partitions-ahead", type=int, default=3, metavar="DAYS",
+        "--partitions-ahead", type=number(int, minimum=0, maximum=366), default=3, metavar="DAYS",
         help="Create day partitions of iot.messages this many days ahead (default 3).",
     )
 

@@ -11,8 +11,9 @@ and changes nothing. Roles are never dropped: a tenant that stops sending keeps 
 history, and a tenant that exists only in old data (before the registry) keeps the role it had, but
 no new role is made for a tenant that is not in ``iot.tenants``: the registry, not what devices
 happened to publish, says who is a tenant. A disabled tenant keeps its role (disabling stops its
-devices, not its access to its own history). When Grafana is configured and the key is set, each tenant then gets its organisation and
-data source (:func:`iot_platform.dashboards.provision.push_tenant_org`).
+devices, not its access to its own history). Grafana organisations are not made here: the
+``grafana_dashboards`` asset gives each tenant its organisation (:mod:`iot_platform.dashboards.provision`),
+from :func:`registered_tenant_roles`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import psycopg2.extensions
 from psycopg2 import sql
 
+from iot_platform.errors import PlatformError
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.tenant_identity import derive_password, role_name_for
@@ -35,7 +37,7 @@ TENANT_READABLE = ("messages", "dead_letters", "rollup_hourly", "rollup_hourly_f
                    "rollup_hours", "rollup_hourly_live", "rollup_hourly_fields_live")  # 060: live rollups
 
 
-class TenantSyncError(RuntimeError):
+class TenantSyncError(PlatformError):
     """The sync cannot proceed safely; the message names the fix."""
 
 
@@ -46,7 +48,6 @@ class TenantSyncResult:
     roles_created: tuple[str, ...]  # login roles created by this run (tenant, analyst, ingest)
     passwords_set: bool  # False when IOT_TENANT_PASSWORD_KEY is unset
     privileges_revoked: tuple[str, ...]  # relations on which a stray tenant privilege was removed
-    grafana_orgs: tuple[str, ...] = ()  # tenants whose Grafana organisation was provisioned
 
 
 def registered_tenants(cur: psycopg2.extensions.cursor) -> list[str]:
@@ -150,7 +151,7 @@ def sync_database_roles(conn: psycopg2.extensions.connection, settings: Settings
 
 
 def sync_tenants(settings: Settings) -> TenantSyncResult:
-    """Database roles for every tenant, then (when configured) their Grafana organisations."""
+    """Database roles for every registered tenant, the analyst and the ingest login (one transaction)."""
     conn = connect(settings)
     try:
         result = sync_database_roles(conn, settings)
@@ -160,17 +161,14 @@ def sync_tenants(settings: Settings) -> TenantSyncResult:
     finally:
         conn.close()
     log.info("tenant roles synced", extra={"tenants": len(result.tenants), "roles_created": list(result.roles_created)})
-    if not settings.grafana_url:
-        return result
-    if settings.tenant_password_key is None:
-        log.warning("Grafana is configured but IOT_TENANT_PASSWORD_KEY is not: tenant organisations are not provisioned")
-        return result
-    from iot_platform.dashboards.grafana_push import session_from_settings
-    from iot_platform.dashboards.provision import push_tenant_org
+    return result
 
-    session = session_from_settings(settings)
-    key = settings.tenant_password_key.get_secret_value()
-    for tenant_id, role in result.roles:
-        push_tenant_org(settings, session, tenant_id, role, derive_password(key, role))
-    return TenantSyncResult(result.tenants, result.roles, result.roles_created, result.passwords_set,
-                            result.privileges_revoked, tuple(t for t, _ in result.roles))
+
+def registered_tenant_roles(settings: Settings) -> list[tuple[str, str]]:
+    """(tenant id, login role name) of every registered tenant, as :func:`sync_tenants` names the roles."""
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            return [(tenant_id, role_name_for(tenant_id, settings.tenant_role_prefix)) for tenant_id in registered_tenants(cur)]
+    finally:
+        conn.close()

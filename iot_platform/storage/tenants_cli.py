@@ -1,8 +1,9 @@
 """`iot-platform tenants sync | password`: tenant login roles and their credentials.
 
 Wired into `iot-platform tenants` by :mod:`iot_platform.access.tenants_cli`. ``sync`` creates a
-read-only login role for every tenant of the registry (plus the analyst and ingest logins) and, when Grafana is configured, their organisations; ``password`` prints the
-derived password of one role so an operator can hand it to a tenant or set it in Grafana.
+read-only login role for every tenant of the registry (plus the analyst and ingest logins; their
+Grafana organisations come from the ``grafana_dashboards`` asset); ``password`` prints the derived
+password of one role so an operator can hand it to a tenant or set it in Grafana.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import sys
 
+from iot_platform.errors import InvalidConfiguration
 from iot_platform.settings import Settings
 from iot_platform.storage.tenant_identity import derive_password, role_name_for
 
@@ -32,13 +34,9 @@ def add_actions(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "password":
         return _password(args, settings)
-    from iot_platform.storage.tenants import TenantSyncError, sync_tenants
+    from iot_platform.storage.tenants import sync_tenants
 
-    try:
-        result = sync_tenants(settings)
-    except TenantSyncError as exc:
-        print(f"tenants sync failed: {exc}", file=sys.stderr)
-        return 1
+    result = sync_tenants(settings)  # a TenantSyncError names the fix; the command line prints it
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=2))
         return 0
@@ -52,8 +50,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _password(args: argparse.Namespace, settings: Settings) -> int:
     if settings.tenant_password_key is None:
-        print("IOT_TENANT_PASSWORD_KEY is not set: no password to derive", file=sys.stderr)
-        return 1
+        raise InvalidConfiguration("IOT_TENANT_PASSWORD_KEY is not set: no password to derive (the key `tenants sync` set the passwords with)")
     if args.tenant:
         role = role_name_for(args.tenant, settings.tenant_role_prefix)
     else:

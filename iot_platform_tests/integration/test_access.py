@@ -270,7 +270,8 @@ def test_broker_state_matches_what_the_commands_did(registry: Settings) -> None:
 
 
 def test_the_bridge_with_wrong_credentials_exits_naming_the_setting(settings: Settings) -> None:
-    """A refused CONNECT is a misconfiguration: the bridge exits 1 and its log names IOT_MQTT_PASSWORD."""
+    """A refused CONNECT is a misconfiguration: the bridge exits 1 and its log names IOT_MQTT_PASSWORD; no
+    password at all is refused before connecting (exit 2, one line naming it)."""
     wrong = settings.model_copy(update={"mqtt_password": SecretStr("not-the-password")})
     done = subprocess.run([sys.executable, "-m", "iot_platform.cli", "bridge"], env=service_env(wrong),
                           capture_output=True, text=True, timeout=60)
@@ -279,4 +280,4 @@ def test_the_bridge_with_wrong_credentials_exits_naming_the_setting(settings: Se
     missing = settings.model_copy(update={"mqtt_password": None})
     env = {k: v for k, v in service_env(missing).items() if k != "IOT_MQTT_PASSWORD"}
     done = subprocess.run([sys.executable, "-m", "iot_platform.cli", "bridge"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "IOT_MQTT_PASSWORD" in done.stdout + done.stderr
+    assert done.returncode == 2 and "IOT_MQTT_PASSWORD" in done.stderr and "Traceback" not in done.stderr

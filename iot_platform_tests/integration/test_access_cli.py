@@ -60,39 +60,39 @@ def test_commands_print_credentials_once_and_list_the_registry(settings: Setting
 
 
 BAD_INPUT = [
-    # (argv with {t} for the test's tenant, fragment of the one-line error)
-    (("tenants", "add", "bad id"), "IOT_ID_PATTERN"),
-    (("tenants", "add", "{t}"), "exists already"),
-    (("tenants", "disable", "nobody"), "unknown tenant"),
-    (("devices", "add", "nobody", "p1", "d9"), "unknown tenant"),
-    (("devices", "add", "{t}", "p/1", "d9"), "project id 'p/1' is not valid"),
-    (("devices", "add", "{t}", "p1", "d.9"), "IOT_ID_PATTERN"),
-    (("devices", "add", "{t}", "p1", "d1"), "exists already: use `iot-platform devices rotate"),
-    (("devices", "rotate", "{t}", "p1", "nope"), "unknown device"),
-    (("devices", "disable", "{t}", "p1", "nope"), "unknown device"),
+    # (argv with {t} for the test's tenant, exit code: 2 an id the settings refuse, 1 a refused change; fragment of the one-line error)
+    (("tenants", "add", "bad id"), 2, "IOT_ID_PATTERN"),
+    (("tenants", "add", "{t}"), 1, "exists already"),
+    (("tenants", "disable", "nobody"), 1, "unknown tenant"),
+    (("devices", "add", "nobody", "p1", "d9"), 1, "unknown tenant"),
+    (("devices", "add", "{t}", "p/1", "d9"), 2, "project id 'p/1' is not valid"),
+    (("devices", "add", "{t}", "p1", "d.9"), 2, "IOT_ID_PATTERN"),
+    (("devices", "add", "{t}", "p1", "d1"), 1, "exists already: use `iot-platform devices rotate"),
+    (("devices", "rotate", "{t}", "p1", "nope"), 1, "unknown device"),
+    (("devices", "disable", "{t}", "p1", "nope"), 1, "unknown device"),
 ]
 
 
 def test_bad_input_is_one_line_non_zero_and_changes_nothing(settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """Each bad input: exit 1, one line on stderr naming the problem, registry and broker unchanged;
-    also with the broker or the database unreachable, and when the broker refuses half-way."""
+    """Each bad input: exit 1 or 2, one line on stderr naming the problem, registry and broker unchanged;
+    also with the broker or the database unreachable (exit 3), and when the broker refuses half-way."""
     apply_migrations(settings)
     t = f"b{settings.mqtt_client_id[-10:]}"
     assert _run(monkeypatch, capsys, settings, "tenants", "add", t)[0] == 0
     assert _run(monkeypatch, capsys, settings, "devices", "add", t, "p1", "d1")[0] == 0
     before = (_registry_rows(settings), _broker_clients(settings, t))
     failures = []
-    for argv, fragment in BAD_INPUT:
+    for argv, expected, fragment in BAD_INPUT:
         code, out, err = _run(monkeypatch, capsys, settings, *(a.format(t=t) for a in argv))
-        if code != 1 or fragment not in err or len(err.strip().splitlines()) != 1 or out:
+        if code != expected or fragment not in err or len(err.strip().splitlines()) != 1 or out:
             failures.append((argv, code, out, err))
     no_broker = settings.model_copy(update={"mqtt_url": f"mqtts://127.0.0.1:{free_port()}"})
     code, _, err = _run(monkeypatch, capsys, no_broker, "devices", "add", t, "p1", "d2")
-    if code != 1 or "cannot reach the MQTT broker" not in err or "IOT_MQTT_URL" not in err:
+    if code != 3 or "cannot reach the MQTT broker" not in err or "IOT_MQTT_URL" not in err:
         failures.append(("broker unreachable", code, err))
     no_database = settings.model_copy(update={"pg_port": free_port(), "pg_connect_timeout_s": 2})
     code, _, err = _run(monkeypatch, capsys, no_database, "devices", "add", t, "p1", "d3")
-    if code != 1 or "cannot reach PostgreSQL" not in err or "IOT_PG_PORT" not in err:
+    if code != 3 or "cannot reach PostgreSQL" not in err or "IOT_PG_PORT" not in err:
         failures.append(("database unreachable", code, err))
     assert failures == []
     assert (_registry_rows(settings), _broker_clients(settings, t)) == before

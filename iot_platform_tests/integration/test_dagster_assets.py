@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
+from pydantic import SecretStr
 
 from iot_platform.core.rollup_math import RawMessage, hour_of, rollup
 from iot_platform.orchestration.assets.rollup_assets import PARTITION_FORMAT, iot_rollup_hourly
@@ -18,6 +19,7 @@ from iot_platform.orchestration.resources import platform_resources
 from iot_platform.settings import Settings
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import ensure_day_partitions
+from iot_platform_tests.unit.test_dashboards_grafana_http import FakeGrafanaState, fake_grafana  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
@@ -304,3 +306,24 @@ def test_serving_assets_create_tenant_roles_and_dashboard_files(schema: Settings
         cur.execute("SELECT tenant_id FROM iot.tenant_roles")
         assert [r[0] for r in cur.fetchall()] == ["acme"]
     conn.close()
+
+
+def test_grafana_dashboards_gives_each_registered_tenant_its_organisation(
+    schema: Settings, fake_grafana: tuple[str, FakeGrafanaState]
+) -> None:
+    """With IOT_GRAFANA_URL and the password key set, the grafana_dashboards asset (not tenants sync) pushes
+    the dashboards and one organisation per registered tenant, whose data source logs in as its role."""
+    from iot_platform.orchestration.assets.serving import grafana_dashboards
+
+    url, grafana = fake_grafana
+    settings = schema.model_copy(update={"grafana_url": url, "tenant_password_key": SecretStr("k"), "grafana_timeout_s": 5.0})
+    conn = connect(settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO iot.tenants (tenant_id) VALUES ('acme'), ('Beta') ON CONFLICT DO NOTHING")
+    conn.close()
+    result = materialize(settings, [grafana_dashboards])
+    assert result.success
+    metadata = result.asset_materializations_for_node("grafana_dashboards")[0].metadata
+    assert sorted(metadata["grafana_orgs"].value) == ["Beta", "acme"]
+    assert {"Tenant acme", "Tenant Beta"} <= set(grafana.orgs)
+    assert grafana.datasources[(grafana.orgs["Tenant acme"], "iot-postgres")]["user"] == "tenant_acme"

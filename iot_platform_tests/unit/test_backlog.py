@@ -12,7 +12,7 @@ NOW_MS = 1_000 * HOUR_MS
 
 def backlog(stored: int, low: int, high: int, age_h: float | None, retention_h: float = 72) -> PartitionBacklog:
     oldest = None if age_h is None else int(NOW_MS - age_h * HOUR_MS)
-    return PartitionBacklog("t", 0, stored, low, high, int(retention_h * HOUR_MS), oldest)
+    return PartitionBacklog("t", 0, low, high, stored, int(retention_h * HOUR_MS), oldest)
 
 
 @pytest.mark.parametrize(

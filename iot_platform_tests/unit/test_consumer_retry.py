@@ -10,7 +10,8 @@ import pytest
 
 from iot_platform.consumer.pending import PendingBatch, make_batch
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
-from iot_platform.storage.db import backoff_delays, is_infrastructure_error, retry_infrastructure
+from iot_platform.core.retry import Backoff
+from iot_platform.storage.db import DATABASE_BACKOFF, is_infrastructure_error, retry_infrastructure
 
 
 def _pg_error(cls: type[psycopg2.Error], sqlstate: str) -> psycopg2.Error:
@@ -53,7 +54,7 @@ def test_retry_until_success_with_growing_jittered_delays() -> None:
             raise psycopg2.OperationalError("down")
         return "ok"
 
-    assert retry_infrastructure(flaky, description="t", sleep=sleeps.append, initial_s=1, maximum_s=4) == "ok"
+    assert retry_infrastructure(flaky, description="t", sleep=sleeps.append, policy=Backoff(1, 4)) == "ok"
     assert len(sleeps) == 4 and all(0.5 <= s <= 4 for s in sleeps)
 
 
@@ -72,9 +73,9 @@ def test_stop_ends_retrying() -> None:
                              should_stop=lambda: True, sleep=lambda _: None)
 
 
-def test_backoff_is_bounded() -> None:
+def test_database_backoff_is_bounded() -> None:
     """Delays never exceed the maximum and never drop below half the initial delay."""
-    delays = list(itertools.islice(backoff_delays(0.5, 10.0), 50))
+    delays = list(itertools.islice(DATABASE_BACKOFF.delays(), 50))
     assert all(0.25 <= d <= 10.0 for d in delays) and max(delays[10:]) > 2
 
 

@@ -19,8 +19,10 @@ from iot_platform.dashboards.provision import (
     build_dashboards,
     provisioning_files,
     push_tenant_org,
+    push_tenant_orgs,
     push_to_grafana,
 )
+from iot_platform.storage.tenant_identity import derive_password
 from iot_platform.dashboards.render import DATASOURCE_UID, render, to_json_text
 from iot_platform.dashboards.tenant_telemetry import TENANT_TELEMETRY
 from iot_platform.settings import Settings
@@ -153,3 +155,16 @@ def test_tenant_org_is_bound_to_the_tenant_role() -> None:
     assert push_tenant_org(Settings(), fake, "acme", "tenant_acme", "pw") == org != 1
     assert fake.datasources[(org, DATASOURCE_UID)]["user"] == "tenant_acme"
     assert {uid for (o, uid) in fake.dashboards if o == org} == {TENANT_TELEMETRY.uid}
+
+
+def test_tenant_orgs_log_in_with_each_role_and_its_derived_password() -> None:
+    """Every (tenant, role) gets its organisation, its data source logging in as that role with the
+    password `tenants sync` set; without the password key nothing is pushed (no password to give)."""
+    fake = FakeGrafana()
+    roles = [("acme", "tenant_acme"), ("Beta", "tenant_beta-0123456789")]
+    assert push_tenant_orgs(Settings(), roles, fake) == () and fake.orgs == {"Main Org.": 1}
+    settings = Settings(tenant_password_key=SecretStr("k"))
+    assert push_tenant_orgs(settings, roles, fake) == ("acme", "Beta")
+    for tenant, role in roles:
+        datasource = fake.datasources[(fake.orgs[f"Tenant {tenant}"], DATASOURCE_UID)]
+        assert datasource["user"] == role and datasource["secureJsonData"]["password"] == derive_password("k", role)

@@ -111,4 +111,44 @@ def test_a_bad_setting_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.setenv("IOT_MQTT_URL", "tcp://broker:1883")
     assert main(["devices", "list"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("invalid setting IOT_MQTT_URL:") and "mqtts://" in err[0]
+    assert len(err) == 1 and err[0].startswith("iot-platform devices list: invalid setting IOT_MQTT_URL='tcp://broker:1883':")
+    assert "mqtts://" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("IOT_MQTT_URL", "http://x", "the scheme must be mqtt:// or mqtts://, not http://"),
+        ("IOT_MQTT_URL", "mqtt://:1883", "expected mqtt://host:port"),
+        ("IOT_MQTT_URL", "mqtts://broker:70000", "expected mqtt://host:port"),
+        ("IOT_KAFKA_BOOTSTRAP", "kafka", "'kafka' is not host:port"),
+        ("IOT_KAFKA_BOOTSTRAP", "k1:9092,k2", "'k2' is not host:port"),
+        ("IOT_KAFKA_PARTITIONS", "0", "greater than or equal to 1"),
+        ("IOT_PG_PORT", "0", "greater than or equal to 1"),
+        ("IOT_PG_PORT", "65536", "less than or equal to 65535"),
+        ("IOT_CONSUMER_METRICS_PORT", "-1", "greater than or equal to 0"),
+    ],
+)
+def test_settings_that_can_never_work_are_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, reason: str
+) -> None:
+    """One line naming the variable, its value and why; no pydantic help URL."""
+    from iot_platform.errors import InvalidConfiguration
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidConfiguration) as refused:
+        Settings.load()
+    line = str(refused.value)
+    assert line.startswith(f"invalid setting {variable}={value!r}: ") and reason in line
+    assert "\n" not in line and "https://" not in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("IOT_KAFKA_BOOTSTRAP", "k1:9092,k2:9094,[::1]:9096"), ("IOT_KAFKA_BOOTSTRAP", "SASL_SSL://kafka:9093"),
+     ("IOT_MQTT_URL", "mqtts://broker"), ("IOT_CONSUMER_METRICS_PORT", "0")],
+)
+def test_settings_that_work_are_accepted(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    assert Settings.load().model_dump()[variable.removeprefix("IOT_").lower()] in (value, int(value) if value.isdigit() else value)
+

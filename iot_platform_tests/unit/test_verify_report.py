@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,9 +10,9 @@ import pytest
 from iot_platform.devices.fleet import GOOD, Fleet, FleetSpec
 from iot_platform.devices.sequences import StreamKey
 from iot_platform.devices.verify_cli import parse_time
+from iot_platform.core.completeness import PartitionPosition
 from iot_platform.devices.verify_report import (
     Expectation,
-    PartitionOffsets,
     build_report,
     dead_letter_identity,
     exit_code,
@@ -123,7 +124,7 @@ def test_unmarked_dead_letter_of_a_good_message_breaks_the_match() -> None:
 @pytest.mark.parametrize(("stored_next", "lag"), [(None, 10), (100, 0), (95, 5), (0, 100)])
 def test_partition_lag(stored_next: int | None, lag: int) -> None:
     """Lag is the end offset minus the consumer's stored next offset (or the start offset if none)."""
-    offsets = PartitionOffsets("t", 0, low=90, high=100, stored_next=stored_next)
+    offsets = PartitionPosition("t", 0, low=90, high=100, stored_next=stored_next)
     assert offsets.lag == lag
     report = build_report([], [], [offsets])
     assert report["kafka"]["pending"] == lag
@@ -137,7 +138,7 @@ def test_parse_time() -> None:
     assert parse_time("1d", now) == now - timedelta(days=1)
     assert parse_time("2026-01-02T00:00:00Z") == datetime(2026, 1, 2, tzinfo=UTC)
     assert parse_time("2026-01-02 00:00:00") == datetime(2026, 1, 2, tzinfo=UTC)
-    with pytest.raises(ValueError):
+    with pytest.raises(argparse.ArgumentTypeError, match="ISO time"):
         parse_time("yesterday")
 
 

@@ -1,27 +1,11 @@
-"""Backoff bounds and the bridge's Prometheus metrics (prometheus_client) and latency quantiles."""
+"""The bridge's Prometheus metrics (prometheus_client) and latency quantiles (its backoff is core/retry.py's: unit/test_retry.py)."""
 
 from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from iot_platform.bridge.backoff import jittered_backoff
 from iot_platform.bridge.metrics import BridgeMetrics, BridgeStats, LiveState, histogram_quantile
-
-
-@pytest.mark.parametrize("attempt", [0, 1, 2, 5, 10, 100, 10_000])
-@pytest.mark.parametrize("rand", [0.0, 0.5, 0.999])
-def test_backoff_grows_is_jittered_and_capped(attempt: int, rand: float) -> None:
-    """Delay = base * 2**attempt times a factor in [0.5, 1.5), never above the cap, never negative."""
-    delay = jittered_backoff(attempt, base_s=0.5, cap_s=30.0, rand=lambda: rand)
-    assert 0 < delay <= 30.0
-    assert delay == min(30.0, 0.5 * 2 ** min(attempt, 32) * (0.5 + rand))
-
-
-def test_backoff_jitter_spreads_retries() -> None:
-    """Two retries of the same attempt rarely wait the same time (no lockstep)."""
-    delays = {round(jittered_backoff(3), 6) for _ in range(50)}
-    assert len(delays) > 40
 
 
 @pytest.mark.parametrize(
