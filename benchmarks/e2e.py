@@ -76,9 +76,9 @@ def process_tree_ticks(root_pid: int) -> int:
 
 
 class CpuMeter:
-    """CPU seconds per named process tree between start() and stop()."""
+    """CPU seconds per named group of process trees between start() and stop()."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids
         self.before: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
@@ -87,12 +87,16 @@ class CpuMeter:
 
     def start(self, fresh: tuple[str, ...] = ()) -> None:
         """From now on; processes named in ``fresh`` were just started and count from their first tick."""
-        self.before = {name: 0 if name in fresh else process_tree_ticks(pid) for name, pid in self.pids.items()}
+        self.before = {name: 0 if name in fresh else self._ticks(pids) for name, pids in self.pids.items()}
         self._started = time.monotonic()
 
     def stop(self) -> None:
         self.wall_s = time.monotonic() - self._started
-        self.seconds = {name: (process_tree_ticks(pid) - self.before[name]) / TICKS for name, pid in self.pids.items()}
+        self.seconds = {name: (self._ticks(pids) - self.before[name]) / TICKS for name, pids in self.pids.items()}
+
+    @staticmethod
+    def _ticks(pids: list[int]) -> int:
+        return sum(process_tree_ticks(pid) for pid in pids)
 
     def as_percent(self) -> dict[str, float]:
         return {name: round(100 * s / self.wall_s, 1) for name, s in self.seconds.items()} if self.wall_s else {}
@@ -250,15 +254,16 @@ def check_loss(settings: Settings, summaries: list[dict]) -> dict[str, int]:  # 
 def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="iot-e2e-"))
     stack = PrivateStack(workdir / "stack").start()
-    bridge = consumer = progress = None
+    services: list[ServiceProcess] = []
+    progress = None
     try:
         settings = stack.settings(workdir / "home")
         mqtt_url = stack.mosquitto.url if transport == "tls" else stack.mosquitto.plain_url
         settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms, "mqtt_url": mqtt_url})
-        bridge, consumer = ServiceProcess("bridge", settings, workdir), ServiceProcess("consumer", settings, workdir)
-        bridge.start()
-        consumer.start()
-        wait_pipeline_ready(settings, 90, (bridge, consumer))
+        services = replicas(settings, workdir, bridges=args.bridges, consumers=args.consumers)
+        for service in services:
+            service.start()
+        wait_pipeline_ready(settings, 90, tuple(services))
         progress = Progress(settings)
         if args.warmup:
             warmup = start_publishers(settings, workdir, processes=1, rate=None, duration_s=None, count=args.warmup,
@@ -267,13 +272,14 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
             progress.wait_rows([s["run_id"] for s in warmed], sum(sum(s["acked"].values()) for s in warmed), 180)
         processes = args.publishers or (1 if args.mode == "fixed" and args.rate <= 5_000 else 2)
         result: dict[str, object] = {"mode": args.mode, "transport": transport, "publishers": processes,
+                                     "bridges": args.bridges, "consumers": args.consumers,
                                      "device_topics": processes * 20 * args.devices, "warmup": args.warmup}
         if args.mode == "fixed":
-            meter = CpuMeter(_pids(stack, bridge, consumer))
+            meter = CpuMeter(_pids(stack, services))
             meter.start()
             publishers = start_publishers(settings, workdir, processes=processes, rate=args.rate,
                                           duration_s=args.duration, count=None, devices=args.devices)
-            profilers = start_profilers(args.profile, [bridge, consumer], args.duration)
+            profilers = start_profilers(args.profile, services, args.duration)
             summaries, publishers_cpu_s = wait_publishers(publishers)
             progress.wait_stored(progress.produced(), 120)
             meter.stop()
@@ -285,8 +291,8 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
                        "stored_msg_s": round(latency["rows"] / max(latency["ingest_span_s"], 1e-9), 1),
                        "latency": latency}
         else:
-            bridge.stop()
-            consumer.stop()
+            for service in services:
+                service.stop()
             publishers = start_publishers(settings, workdir, processes=processes, rate=None, duration_s=None,
                                           count=args.count, devices=args.devices)
             summaries, _ = wait_publishers(publishers)
@@ -294,12 +300,12 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
             run_ids = [s["run_id"] for s in summaries]
             produced_before, stored_before = progress.produced(), progress.stored()
             started = time.monotonic()
-            bridge.start()
-            consumer.start()
+            for service in services:
+                service.start()
             # Fresh processes: everything they use from here on, start-up included, is the drain's.
-            meter = CpuMeter(_pids(stack, bridge, consumer))
+            meter = CpuMeter(_pids(stack, services))
             meter.start(fresh=("bridge", "consumer"))
-            profilers = start_profilers(args.profile, [bridge, consumer], 15)
+            profilers = start_profilers(args.profile, services, 15)
             samples: list[tuple[float, int]] = []
             bridge_done = None
             while time.monotonic() - started < 600:
@@ -331,18 +337,30 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
     finally:
         if progress is not None:
             progress.close()
-        for service in (bridge, consumer):
-            if service is not None:
-                service.stop(timeout_s=15)
+        for service in services:
+            service.stop(timeout_s=15)
         stack.stop()
         if not args.keep:
             subprocess.run(["rm", "-rf", str(workdir)], check=False)
 
 
-def _pids(stack: PrivateStack, bridge: ServiceProcess, consumer: ServiceProcess) -> dict[str, int]:
-    pids = {"mosquitto": stack.mosquitto.pid, "kafka": stack.kafka.pids[0], "postgres": stack.postgres.pid,
-            "bridge": bridge.pid, "consumer": consumer.pid}
-    return {name: pid for name, pid in pids.items() if pid}
+def replicas(settings: Settings, workdir: Path, *, bridges: int, consumers: int) -> list[ServiceProcess]:
+    """Bridge and consumer replicas as the platform runs them (``--replica i``'s settings), each with its
+    own log directory and no metrics port (several on one machine would collide)."""
+    def replica(name: str, count: int, index: int) -> ServiceProcess:
+        env = {f"IOT_{name.upper()}_REPLICAS": str(count), "IOT_REPLICA_INDEX": str(index),
+               "IOT_BRIDGE_METRICS_PORT": "0", "IOT_CONSUMER_METRICS_PORT": "0"}
+        return ServiceProcess(name, settings, workdir / f"{name}-{index}", extra_env=env)
+
+    return ([replica("bridge", bridges, i) for i in range(bridges)]
+            + [replica("consumer", consumers, i) for i in range(consumers)])
+
+
+def _pids(stack: PrivateStack, services: list[ServiceProcess]) -> dict[str, list[int]]:
+    pids = {"mosquitto": [stack.mosquitto.pid], "kafka": list(stack.kafka.pids), "postgres": [stack.postgres.pid]}
+    for service in services:
+        pids.setdefault(service.name, []).append(service.pid)
+    return {name: [pid for pid in found if pid] for name, found in pids.items()}
 
 
 def main() -> int:
@@ -355,6 +373,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=3, help="devices per project, per publisher (5 tenants x 4 projects)")
     parser.add_argument("--publishers", type=int, default=0, help="publisher processes (default: 1, or 2 above 5,000 msg/s)")
     parser.add_argument("--batch-wait-ms", type=int, default=Settings().consumer_batch_max_wait_ms, help="the consumer's IOT_CONSUMER_BATCH_MAX_WAIT_MS")
+    parser.add_argument("--bridges", type=int, default=1, help="bridge replicas (IOT_BRIDGE_REPLICAS), on a shared subscription above 1")
+    parser.add_argument("--consumers", type=int, default=1, help="consumer replicas (IOT_CONSUMER_REPLICAS) in one group")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample the bridge and consumer with py-spy (pip install -e '.[profile]') into DIR")

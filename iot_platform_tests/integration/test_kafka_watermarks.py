@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, TopicPartition
 
+from iot_platform.errors import PlatformError
 from iot_platform.observability.kafka_watermarks import cached_high_watermarks, topic_watermarks, watermark_reader
 from iot_platform.settings import Settings
 from iot_platform_tests.helpers import wait_for
@@ -19,8 +20,8 @@ def test_watermarks_of_every_partition_missing_topics_and_the_cached_reading(set
         marks = topic_watermarks(client, [settings.kafka_topic, settings.kafka_dlq_topic], timeout_s=10)
         try:
             topic_watermarks(client, ["iot-no-such-topic"], timeout_s=10)
-        except RuntimeError as exc:
-            assert "iot-no-such-topic" in str(exc)
+        except PlatformError as exc:  # one line at the command line, naming the topic and its settings
+            assert "iot-no-such-topic" in str(exc) and "IOT_KAFKA_TOPIC" in str(exc)
         else:
             raise AssertionError("a missing topic gave watermarks")
     messages = {p: high for (t, p), (low, high) in marks.items() if t == settings.kafka_topic and low == 0}
