@@ -90,7 +90,10 @@ def test_three_consumers_one_killed_one_added_mid_stream(settings: Settings, tmp
         seconds = time.monotonic() - started
         print(f"\nrestarted static member: partitions back {seconds:.2f} s after its process started ({sorted(owned(back))})")
         assert owned(back) == held, "a restarted static member gets its own partitions back"
-        assert seconds < 3.0, f"partitions back only {seconds:.2f} s after the start (target: under 3 s)"
+        # Static membership, not speed (the figure is a benchmark's: docs/benchmarks.md): a dynamic member's
+        # partitions would wait for the dead member's session to time out before any rebalance.
+        session_s = settings.consumer_session_timeout_ms / 1000
+        assert seconds < session_s, f"partitions back {seconds:.2f} s after the start: not before the {session_s:.0f} s session timeout"
 
         wait_for(lambda: stored_count(settings, publisher.spec.run_id) >= 10_000, 60, "half of the stream stored", interval_s=0.2)
         assert publisher.is_alive(), "the new replica must join while messages flow"
