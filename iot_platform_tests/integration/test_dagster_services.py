@@ -4,7 +4,8 @@ Covers what test_dev_platform.py does not: the documented stop procedure (sensor
 run) shuts a service down gracefully and keeps it down; turning the sensor back on restarts it; a
 SIGKILLed run worker takes its service with it and is replaced within a minute; the observer
 reports on the external assets; the UI shows the database resource; a second consumer replica runs as a run of its own, comes back as
-itself when killed, and is stopped when the count goes down again.
+itself when killed, and is stopped when the count goes down again; a second bridge replica is scaled
+away only through a drain run.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from iot_platform.bridge.drain_marks import drained
 from iot_platform.observability.pidfile import pidfile_path, read_live_pid
-from iot_platform.orchestration.services import REPLICA_TAG, WORKER_PID_TAG
+from iot_platform.orchestration.services import DRAIN_TAG, REPLICA_TAG, WORKER_PID_TAG
 from iot_platform.orchestration.watchdog import RELAUNCH_TAG, STALLED_TAG
 from iot_platform.stack.dagster_processes import graphql
 from iot_platform.stack.process import pid_alive
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.integration
 SENSOR_SELECTOR = {"repositoryLocationName": "iot_platform", "repositoryName": "__repository__", "sensorName": "service_watchdog"}
 BRIDGE_JOB = "mqtt_kafka_bridge_service"
 CONSUMER_JOB = "kafka_postgres_consumer_service"
+BRIDGE_DRAIN_JOB = "mqtt_kafka_bridge_drain"
 ACTIVE = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED"]
 QUIET_WINDOW_S = 40.0  # more than two watchdog intervals (15 s)
 
@@ -217,3 +220,37 @@ def test_two_consumer_replicas_run_as_two_runs_and_a_killed_one_comes_back_as_it
     assert _replica_runs(url, CONSUMER_JOB, ["STARTED"]) == {"consumer-0": before}
     print(f"\nconsumer-1 up {scaled_after:.0f} s after `dev up`, back {back_after:.0f} s after SIGKILL, "
           f"terminated {time.monotonic() - began:.0f} s after scaling down; consumer-0 kept run {before}")
+
+
+def test_a_second_bridge_replica_is_added_and_scaled_away_only_through_its_drain(dev_platform: dict) -> None:
+    """`IOT_BRIDGE_REPLICAS=2 dev up` on the running platform adds bridge-1 (MQTT client
+    iot-platform-bridge-1) as a run of its own beside bridge-0, which keeps its run. Back to 1: the
+    watchdog does not terminate bridge-1 but requests a drain run (`bridge --drain`), which ends once
+    bridge-1's MQTT session has ended; bridge-1's serving run then ends and its drained mark stays, so no
+    session is left holding messages for an identity that will not return. bridge-0 keeps its run."""
+    url, home, env = dev_platform["url"], dev_platform["home"], dev_platform["env"]
+    before = wait_for(lambda: _replica_runs(url, BRIDGE_JOB, ["STARTED"]).get("bridge-0"), 90, "a STARTED bridge-0 run")
+    identity = "iot-platform-bridge-1"  # IOT_MQTT_CLIENT_ID's default, replica 1
+    try:
+        scaled = run_cli({**env, "IOT_BRIDGE_REPLICAS": "2"}, "dev", "up", "--no-demo", timeout=300)
+        assert scaled.returncode == 0 and "bridge: 1 -> 2 replicas" in scaled.stderr, scaled.stderr
+        runs = wait_for(lambda: r if len(r := _replica_runs(url, BRIDGE_JOB, ["STARTED"])) == 2 else None, 60,
+                        "two STARTED bridge runs")
+        assert runs["bridge-0"] == before
+        wait_for(lambda: read_live_pid(home, "bridge-1"), 60, "bridge-1's pid file")
+        assert drained(home, identity) is None
+    finally:
+        down = run_cli({**env, "IOT_BRIDGE_REPLICAS": "1"}, "dev", "up", "--no-demo", timeout=300)
+    assert down.returncode == 0 and "bridge: 2 -> 1 replicas" in down.stderr, down.stderr
+    began = time.monotonic()
+    drain = wait_for(lambda: next((run for run in _runs(url, BRIDGE_DRAIN_JOB, ["SUCCESS"])
+                                   if {"key": DRAIN_TAG, "value": "bridge-1"} in run["tags"]), None), 120,
+                     "a successful drain run of bridge-1")
+    assert _runs(url, BRIDGE_DRAIN_JOB, ["FAILURE"]) == []
+    mark = drained(home, identity)
+    assert mark is not None and mark["identity"] == identity
+    wait_for(lambda: runs["bridge-1"] not in _replica_runs(url, BRIDGE_JOB, ACTIVE).values(), 60, "bridge-1's run ended")
+    wait_for(lambda: read_live_pid(home, "bridge-1") is None, 30, "bridge-1 exited")
+    assert _replica_runs(url, BRIDGE_JOB, ["STARTED"]) == {"bridge-0": before}
+    print(f"\nbridge-1 drained by run {drain['runId']} and gone {time.monotonic() - began:.0f} s after scaling down; "
+          f"mark {mark}; bridge-0 kept run {before}")
