@@ -31,7 +31,7 @@ check-defs: $(VENV)/.installed
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a green one.
 test: deps
-	$(VENV)/bin/pytest -p no:cacheprovider -n 2 --dist loadfile iot_platform_tests/faults iot_platform_tests/integration iot_platform_tests/unit $(PYTEST_ARGS); \
+	$(VENV)/bin/pytest -p no:cacheprovider iot_platform_tests/unit iot_platform_tests/integration iot_platform_tests/faults $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 clean:
