@@ -21,6 +21,11 @@ The default load is a realistic fleet: each publisher process publishes for 5 te
   --transport tls plain                MQTT over TLS (the platform's default, default here) and/or the
                                        broker's plain loopback listener, each on a fresh stack.
 
+  --breakdown                          also each process's CPU by thread kind (JIT, GC, request threads
+                                       of the JVM; PostgreSQL's backends and background processes)
+  --set SETTING=VALUE, --kafka-jit     the same run with other platform settings / broker JIT (before
+                                       and after figures from one command)
+
 Progress is read through one PostgreSQL connection (the consumer's stored offsets, six rows) and one
 Kafka client, both opened once: a connection per reading would fork a PostgreSQL backend each time,
 which the CPU meter counts as PostgreSQL's, and a row count over the JSON payloads would cost more
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -75,6 +81,55 @@ def process_tree_ticks(root_pid: int) -> int:
     return total
 
 
+def _label(pid: int, tid: int) -> str:
+    """What a thread does: the process's title (PostgreSQL names each backend after its role) and the
+    thread's name (the JVM names its threads: request handlers, GC, JIT), digits folded away."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            title = cmdline.read().split(b"\0")[0].decode(errors="replace")
+        with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+            thread = comm.read().strip()
+    except OSError:
+        return "?"
+    if title.startswith("postgres: "):
+        title = " ".join(title.split()[1:3]) if "(" not in title else "backend"
+    else:
+        title = Path(title.split()[0]).name if title else "?"
+    return re.sub(r"\d+", "#", f"{title} / {thread}")
+
+
+def thread_ticks(root_pid: int) -> dict[str, int]:
+    """utime+stime (clock ticks) of every live thread under ``root_pid``, summed per ``_label``."""
+    pids, todo = [], [root_pid]
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except OSError:
+                continue
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += parents.get(pid, [])
+    found: dict[str, int] = {}
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            label = _label(pid, tid)
+            found[label] = found.get(label, 0) + int(fields[11]) + int(fields[12])
+    return found
+
+
 class CpuMeter:
     """CPU seconds per named group of process trees between start() and stop()."""
 
@@ -88,11 +143,30 @@ class CpuMeter:
     def start(self, fresh: tuple[str, ...] = ()) -> None:
         """From now on; processes named in ``fresh`` were just started and count from their first tick."""
         self.before = {name: 0 if name in fresh else self._ticks(pids) for name, pids in self.pids.items()}
+        self._threads_before = {name: self._threads(name) for name in self.pids}
         self._started = time.monotonic()
 
     def stop(self) -> None:
         self.wall_s = time.monotonic() - self._started
         self.seconds = {name: (self._ticks(pids) - self.before[name]) / TICKS for name, pids in self.pids.items()}
+        self._threads_after = {name: self._threads(name) for name in self.pids}
+
+    def _threads(self, name: str) -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for pid in self.pids[name]:
+            for label, ticks in thread_ticks(pid).items():
+                merged[label] = merged.get(label, 0) + ticks
+        return merged
+
+    def breakdown(self, name: str, top: int = 8) -> dict[str, float]:
+        """CPU seconds of ``name``'s busiest thread kinds; "exited" is what threads and processes that
+        ended inside the window used (counted in the total, gone from /proc)."""
+        before, after = self._threads_before[name], self._threads_after[name]
+        used = {label: (ticks - before.get(label, 0)) / TICKS for label, ticks in after.items()}
+        used = {label: s for label, s in used.items() if s > 0}
+        busiest = dict(sorted(used.items(), key=lambda item: -item[1])[:top])
+        busiest["exited"] = max(0.0, self.seconds[name] - sum(used.values()))
+        return {label: round(s, 2) for label, s in busiest.items()}
 
     @staticmethod
     def _ticks(pids: list[int]) -> int:
@@ -253,13 +327,15 @@ def check_loss(settings: Settings, summaries: list[dict]) -> dict[str, int]:  # 
 
 def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="iot-e2e-"))
-    stack = PrivateStack(workdir / "stack").start()
+    stack = PrivateStack(workdir / "stack", kafka_jit=args.kafka_jit).start()
     services: list[ServiceProcess] = []
     progress = None
     try:
         settings = stack.settings(workdir / "home")
         mqtt_url = stack.mosquitto.url if transport == "tls" else stack.mosquitto.plain_url
-        settings = settings.model_copy(update={"consumer_batch_max_wait_ms": args.batch_wait_ms, "mqtt_url": mqtt_url})
+        overrides = dict(item.split("=", 1) for item in args.overrides)
+        settings = Settings.model_validate({**settings.model_dump(), "consumer_batch_max_wait_ms": args.batch_wait_ms,
+                                            "mqtt_url": mqtt_url, **overrides})
         services = replicas(settings, workdir, bridges=args.bridges, consumers=args.consumers)
         for service in services:
             service.start()
@@ -316,13 +392,13 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
                     break
                 samples.append((now, stored))
                 time.sleep(0.1)
+            meter.stop()  # before the row count below: a scan of the payloads is the benchmark's work, not the platform's
             # Offsets also count copies the bridge produced twice (the consumer skips them as duplicates),
             # so the last rows are awaited by run id, in the few readings that remain.
             while (rows := progress.rows(run_ids)) < acked and time.monotonic() - started < 600:
                 samples.append((time.monotonic() - started, min(stored, acked - 1)))
                 time.sleep(0.2)
             samples.append((time.monotonic() - started, rows))
-            meter.stop()
             result |= {"backlog": acked, **drain_figures(samples, acked),
                        "kafka_copies": progress.produced() - produced_before - acked,  # produced twice by the bridge
                        "bridge_into_kafka_s": round(bridge_done, 2) if bridge_done else None,
@@ -331,6 +407,8 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
             profiler.wait(60)
         result["cpu_percent"] = meter.as_percent()
         result["cpu_seconds"] = {k: round(v, 2) for k, v in meter.seconds.items()}
+        if args.breakdown:
+            result["cpu_breakdown_s"] = {name: meter.breakdown(name) for name in meter.pids}
         result |= budget(meter.seconds, acked)
         result |= check_loss(settings, summaries)
         return result
@@ -375,6 +453,12 @@ def main() -> int:
     parser.add_argument("--batch-wait-ms", type=int, default=Settings().consumer_batch_max_wait_ms, help="the consumer's IOT_CONSUMER_BATCH_MAX_WAIT_MS")
     parser.add_argument("--bridges", type=int, default=1, help="bridge replicas (IOT_BRIDGE_REPLICAS), on a shared subscription above 1")
     parser.add_argument("--consumers", type=int, default=1, help="consumer replicas (IOT_CONSUMER_REPLICAS) in one group")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print each process's CPU by thread kind (JVM threads, PostgreSQL backends)")
+    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", dest="overrides",
+                        help="a platform setting for this run (e.g. kafka_linger_ms=20), repeatable")
+    parser.add_argument("--kafka-jit", choices=["c1", "tiered"], default=Settings().kafka_local_jit,
+                        help="the broker's JIT (IOT_KAFKA_LOCAL_JIT; default: the platform's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample the bridge and consumer with py-spy (pip install -e '.[profile]') into DIR")

@@ -54,6 +54,8 @@ def kafka_config(settings: Settings) -> dict[str, Any]:
         "max.poll.interval.ms": settings.consumer_max_poll_interval_ms,
         "socket.timeout.ms": settings.kafka_request_timeout_ms,
         "fetch.max.bytes": 64 * 1024 * 1024,
+        "fetch.min.bytes": settings.consumer_fetch_min_bytes,
+        "fetch.wait.max.ms": settings.consumer_fetch_wait_max_ms,
         "client.id": "iot-postgres-writer",
     }
 

@@ -20,6 +20,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.ports import ensure_port_free
@@ -30,6 +31,13 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 # Maximum heap of one node: alone, 512 MiB (docs/design.md §4.4); one of three on the same machine,
 # 384 MiB each (measured resident size in docs/benchmarks.md).
 HEAP_MB = {1: 512, 3: 384}
+# JIT of a local broker (``IOT_KAFKA_LOCAL_JIT``). "c1": the client compiler only, as short-lived JVMs
+# run; a broker of `dev up`, of a test or of a benchmark then spends no CPU on the optimizing
+# compiler, which took 53-57% of a fresh broker's CPU in a 100,000-message drain after a 20,000-message
+# warm-up, at the cost of slower steady-state code (docs/benchmarks.md, issue 15). "tiered": the
+# JVM's default, what a long-running production broker wants (the Helm chart does not set it).
+JIT_FLAGS = {"c1": ("-XX:TieredStopAtLevel=1",), "tiered": ()}
+KafkaJit = Literal["c1", "tiered"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class KafkaConfig:
     node_id: int = 1
     # The cluster's controller quorum, "id@host:port" per voter; empty: this node alone.
     voters: tuple[str, ...] = ()
+    jit: KafkaJit = "c1"
 
     @property
     def cluster_size(self) -> int:
@@ -168,12 +177,13 @@ class KafkaServer:
         self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None,
         retention_check_interval_ms: int = 300_000, security: KafkaSecurity | None = None,
         host: str = "127.0.0.1", node_id: int = 1, voters: tuple[str, ...] = (), cluster_id: str | None = None,
+        jit: KafkaJit = "c1",
     ) -> None:
         self.workdir = Path(workdir)
         self.config = KafkaConfig(
             port=port, controller_port=controller_port, data_dir=self.workdir / "data", host=host,
             advertised_port=advertised_port, retention_check_interval_ms=retention_check_interval_ms,
-            security=security, node_id=node_id, voters=voters,
+            security=security, node_id=node_id, voters=voters, jit=jit,
         )
         self.cluster_id = cluster_id
         self.pid: int | None = None
@@ -206,6 +216,7 @@ class KafkaServer:
             f"-Xmx{heap}m",
             "-Xms256m",
             "-XX:+UseG1GC",
+            *JIT_FLAGS[self.config.jit],
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={self.workdir / 'logs'}",
             f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}",

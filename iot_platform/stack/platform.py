@@ -100,7 +100,7 @@ class LocalPlatform:
         self.state = PlatformState.load(self.home)
         self.progress = progress or (lambda line: None)
         self.postgres = PostgresServer(self.home / "postgres", settings.pg_port, host=settings.pg_host, tls=pg_tls)
-        self.kafka = KafkaCluster(self.home / "kafka", nodes)
+        self.kafka = KafkaCluster(self.home / "kafka", nodes, jit=settings.kafka_local_jit)
         for node, pid in zip(self.kafka.nodes, self.state.all_pids("kafka")):
             node.pid = pid
         self.mosquitto = MosquittoServer(

@@ -33,7 +33,7 @@ from iot_platform.devices.simulate import new_run_id, simulate
 from iot_platform.settings import Settings
 from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.databases import ensure_platform_role_and_databases
-from iot_platform.stack.kafka import ensure_topics
+from iot_platform.stack.kafka import KafkaJit, ensure_topics
 from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress
 from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
@@ -51,6 +51,7 @@ class PrivateStack:
     kafka_proxy: bool = False
     pg_proxy: bool = False
     kafka_brokers: int = 1
+    kafka_jit: KafkaJit = "c1"
     mosquitto: MosquittoServer = field(init=False)
     kafka: KafkaCluster = field(init=False)
     postgres: PostgresServer = field(init=False)
@@ -66,7 +67,7 @@ class PrivateStack:
             raise ValueError("a Kafka proxy stands in front of one broker only")
         proxy_port = free_port() if self.kafka_proxy else None
         nodes = [NodeAddress("127.0.0.1", free_port(), free_port(), proxy_port) for _ in range(self.kafka_brokers)]
-        self.kafka = KafkaCluster(self.root / "kafka", nodes)
+        self.kafka = KafkaCluster(self.root / "kafka", nodes, jit=self.kafka_jit)
         self.postgres = PostgresServer(self.root / "postgres", free_port())
         try:
             self.mosquitto.start()

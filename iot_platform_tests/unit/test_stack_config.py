@@ -12,7 +12,7 @@ import pytest
 
 from iot_platform.settings import Settings
 from iot_platform.stack.certs import ServerCertificate
-from iot_platform.stack.kafka import KafkaConfig, render_server_properties
+from iot_platform.stack.kafka import JIT_FLAGS, KafkaConfig, render_server_properties
 from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress, formatted_sizes, local_node_addresses, node_dir
 from iot_platform.stack.mosquitto import MosquittoConfig, render_config
 from iot_platform.stack.platform import LocalPlatform, PlatformState
@@ -107,6 +107,15 @@ def test_dev_up_kafka_nodes_follow_the_bootstrap_and_controller_port() -> None:
         (9092, 9093), (9094, 9095), (9096, 9097)]
     given = local_node_addresses("127.0.0.1:19092, 127.0.0.1:29092,127.0.0.1:39092", 19093, 3)
     assert [(n.port, n.controller_port) for n in given] == [(19092, 19093), (29092, 19095), (39092, 19097)]
+
+
+@pytest.mark.parametrize(("jit", "flags"), [("c1", ["-XX:TieredStopAtLevel=1"]), ("tiered", [])])
+def test_dev_up_brokers_run_the_jit_the_setting_names(tmp_path: Path, jit: str, flags: list[str]) -> None:
+    """IOT_KAFKA_LOCAL_JIT reaches every node `dev up` runs; c1 (the default) stops at the client compiler."""
+    platform = LocalPlatform(Settings(home=tmp_path, kafka_brokers=3, kafka_local_jit=jit))  # type: ignore[arg-type]
+    assert {node.config.jit for node in platform.kafka.nodes} == {jit}
+    assert list(JIT_FLAGS[jit]) == flags
+    assert Settings().kafka_local_jit == KafkaConfig(port=1, controller_port=2, data_dir=tmp_path).jit == "c1"
 
 
 @pytest.mark.parametrize(
