@@ -29,9 +29,10 @@ down: $(VENV)/.installed
 check-defs: $(VENV)/.installed
 	home=$$(mktemp -d); DAGSTER_HOME=$$home $(VENV)/bin/dg check defs; status=$$?; rm -rf $$home; exit $$status
 
+# Two xdist workers, a module per unit of work, slowest modules first (iot_platform_tests/conftest.py).
 # pytest exits 5 when it collected no test: that is a broken suite, not a green one.
 test: deps
-	$(VENV)/bin/pytest -p no:cacheprovider iot_platform_tests/unit iot_platform_tests/integration iot_platform_tests/faults $(PYTEST_ARGS); \
+	$(VENV)/bin/pytest -p no:cacheprovider -n 2 --dist loadfile iot_platform_tests/unit iot_platform_tests/integration iot_platform_tests/faults $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 clean:

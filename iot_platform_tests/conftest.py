@@ -28,6 +28,54 @@ from iot_platform.stack.postgres import PostgresServer
 from iot_platform_tests.helpers import provision_mqtt_access
 
 
+# The modules that take longest, slowest first, with seconds from a serial run (2 cores; --durations):
+# `make test` runs them first in two xdist workers, so neither worker is left with a long module at the
+# end. The dev-platform modules share one platform (integration/conftest.py) and form one unit of work.
+SLOWEST_FIRST = (
+    "integration/test_dagster_services.py",  # 272 s, 42 s of it `dev up`
+    "integration/test_dev_platform.py",  # 30 s on the same platform
+    "faults/test_broker_faults.py",  # 146 s
+    "integration/test_bridge.py",  # 121 s
+    "faults/test_service_faults.py",  # 113 s
+    "faults/test_database_faults.py",  # 100 s
+    "faults/test_kafka_cluster_faults.py",  # 69 s
+    "integration/test_consumer.py",  # 61 s
+    "integration/test_access.py",  # 37 s
+    "faults/test_consumer_replicas.py",  # 30 s
+    "integration/test_cli_failures.py",  # 30 s
+    "integration/test_bridge_replicas.py",  # 28 s
+    "faults/test_bridge_replica_faults.py",  # 27 s
+    "integration/test_dagster_assets.py",  # 23 s
+    "integration/test_kafka_sasl.py",  # 20 s
+    "faults/test_retention_faults.py",  # 19 s
+)
+SHARED_PLATFORM_MODULES = ("integration/test_dagster_services.py", "integration/test_dev_platform.py")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].removeprefix("iot_platform_tests/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: index for index, module in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item.nodeid), len(rank)))  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """With ``--dist loadfile``: one module per unit of work, except the shared-platform modules, which
+    are one unit; units go out in the collection order above (xdist would otherwise sort them by test count)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SlowestFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "shared-platform" if _module(nodeid) in SHARED_PLATFORM_MODULES else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False
+    return SlowestFirst(config, log)
+
+
 @pytest.fixture(scope="session")
 def stack_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="iot-test-stack-"))

@@ -171,10 +171,17 @@ def wait_for_count(bootstrap: str, topic: str, count: int, timeout_s: float) -> 
         consumer.close()
 
 
-def publish_paced(publisher: Publisher, messages: list[tuple[str, bytes]], rate_per_s: float) -> threading.Thread:
+def publish_paced(
+    publisher: Publisher, messages: list[tuple[str, bytes]], rate_per_s: float, hold: tuple[int, threading.Event] | None = None
+) -> threading.Thread:
+    """Publish ``messages`` at ``rate_per_s`` in a thread; with ``hold=(index, event)`` message ``index``
+    waits for ``event`` (the pace resumes from there), so a test can be sure messages remain for after it."""
     def run() -> None:
         start = time.monotonic()
         for index, (topic, payload) in enumerate(messages):
+            if hold is not None and index == hold[0] and not hold[1].is_set():
+                hold[1].wait()
+                start = time.monotonic() - index / rate_per_s
             ahead = index / rate_per_s - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
@@ -228,14 +235,19 @@ def test_sigkill_mid_stream_loses_nothing(settings: Settings, bridge_factory: Ca
     ]
     messages = telemetry(settings, 20_000)
     publisher = Publisher(settings)
+    # Message 8,000 waits for the kill: on a loaded machine the bridge can lag so far behind that the
+    # publisher would otherwise be done before 4,000 records reach Kafka, and nothing would be published
+    # while no bridge runs. Unloaded, the kill comes first and the stream never pauses.
+    killed = threading.Event()
     try:
-        thread = publish_paced(publisher, messages, rate_per_s=4_000)
+        thread = publish_paced(publisher, messages, rate_per_s=4_000, hold=(8_000, killed))
         assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 4_000, timeout_s=60) >= 4_000
         first.kill()
         killed_at = wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=1)
         published_at_kill = len(publisher.sent)
+        killed.set()
         # Mid-stream: the publisher goes on while no bridge runs, so the broker queues for the dead
-        # bridge's session (this wait fails if publishing had already ended before the kill).
+        # bridge's session (this wait fails if publishing stops before 2,000 more are sent).
         wait_for(lambda: len(publisher.sent) >= published_at_kill + 2_000, 30,
                  "2,000 messages published while no bridge runs", interval_s=0.05)
         second = bridge_factory(settings).start()

@@ -67,6 +67,13 @@ def _set_sensor(url: str, on: bool) -> str:
     return result["stopSensor"]["instigationState"]["status"]
 
 
+def _watchdog_ticks(url: str, limit: int = 20) -> list[dict]:
+    """The watchdog's latest ticks, newest first: status, start timestamp (epoch s) and the runs each requested."""
+    data = _q(url, """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {
+                        sensorState { ticks(limit: %d) { status timestamp runIds } } } } }""" % limit, s=SENSOR_SELECTOR)
+    return data["sensorOrError"]["sensorState"]["ticks"]
+
+
 def test_observer_reports_on_the_external_assets(dev_platform: dict) -> None:
     """Within about a minute of start the observer has recorded offsets and liveness on iot_messages."""
     query = """query { assetOrError(assetKey: {path: ["iot_messages"]}) { ... on Asset {
@@ -104,12 +111,25 @@ def test_sensor_off_then_terminate_stops_a_service_gracefully_and_it_stays_down(
     run = wait_for(lambda: _started_run(url, BRIDGE_JOB), 90, "a STARTED bridge run")
     bridge_pid = wait_for(lambda: read_live_pid(home, "bridge"), 60, "the bridge pid file")
     assert _set_sensor(url, on=False) == "STOPPED"
+    stopped_at = time.time()
     try:
-        result = _q(url, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""", id=run["runId"])
-        assert result["terminateRun"]["__typename"] == "TerminateRunSuccess"
+        # A tick that started before the stop still finishes and may request a run (the watchdog saw the
+        # bridge's run as it was then): wait for it to end, and stop its run too. A tick's start is read
+        # before the stop is seen, hence 1 s of grace; the watchdog ticks every 15 s, so a NEW tick is later.
+        ticks = wait_for(lambda: (t := _watchdog_ticks(url)) and all(x["status"] != "STARTED" for x in t) and t,
+                         60, "the watchdog tick in flight at the stop finishing")
+        late = [x for x in ticks if x["timestamp"] >= stopped_at + 1.0 and x["runIds"]]
+        assert not late, f"the watchdog requested runs after it was stopped: {late}"
+        queued_in_flight = {r for x in ticks for r in x["runIds"] if x["timestamp"] < stopped_at + 1.0}
+        for active in _runs(url, BRIDGE_JOB, ACTIVE):
+            assert active["runId"] == run["runId"] or active["runId"] in queued_in_flight, f"a bridge run not from before the stop: {active}"
+            result = _q(url, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""", id=active["runId"])
+            assert result["terminateRun"]["__typename"] == "TerminateRunSuccess"
         wait_for(lambda: not pid_alive(bridge_pid), 90, "the bridge process exiting")
         assert not pidfile_path(home, "bridge").exists(), "bridge did not shut down cleanly (pid file left behind)"
-        wait_for(lambda: _runs(url, BRIDGE_JOB, ["CANCELED"]), 60, "the bridge run becoming CANCELED")
+        wait_for(lambda: any(r["runId"] == run["runId"] for r in _runs(url, BRIDGE_JOB, ["CANCELED"])), 60,
+                 "the bridge run becoming CANCELED")
+        wait_for(lambda: _runs(url, BRIDGE_JOB, ACTIVE) == [], 60, "every bridge run from before the stop ending")
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < QUIET_WINDOW_S:
             assert _runs(url, BRIDGE_JOB, ACTIVE) == [], "a bridge run was started with the sensor off"
