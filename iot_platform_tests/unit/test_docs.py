@@ -22,7 +22,7 @@ from iot_platform.settings import settings_table
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-DESIGN = REPO / "docs" / "design.md"
+DESIGN_DOC = REPO / "docs/design.md"
 TESTS = REPO / "iot_platform_tests"
 
 _SKIPPED_DIRS = {".git", ".venv", ".iot", ".dg", ".pytest_cache", ".hypothesis", "__pycache__", "build", "dist", "node_modules"}
@@ -109,7 +109,7 @@ def dangling_citations(text: str, where: Path, files: list[Path]) -> list[str]:
 
 
 def design_sections() -> set[str]:
-    return set(_HEADING.findall(DESIGN.read_text()))
+    return set(_HEADING.findall(DESIGN_DOC.read_text()))
 
 
 def unresolved_sections(text: str, sections: set[str], *, bare: bool = False) -> list[str]:
@@ -157,7 +157,7 @@ def test_readme_names_the_two_commands_and_every_cli_command() -> None:
 def test_every_cited_file_exists_in_the_repository() -> None:
     """No file of the repository cites a document or path that is not in it (or lies outside it)."""
     files = repository_files()
-    assert README in files and DESIGN in files, "the scan must see the repository's own documents"
+    assert README in files and DESIGN_DOC in files, "the scan must see the repository's own documents"
     problems = {}
     for path in files:
         text = prose(path)
@@ -175,7 +175,7 @@ def test_every_design_section_reference_resolves() -> None:
         text = prose(path)
         if text is None:
             continue
-        unresolved = unresolved_sections(text, sections, bare=path == DESIGN)
+        unresolved = unresolved_sections(text, sections, bare=path == DESIGN_DOC)
         if unresolved:
             problems[path.relative_to(REPO).as_posix()] = sorted(set(unresolved))
     assert not problems, f"references to sections docs/design.md does not have: {problems}"
@@ -183,7 +183,7 @@ def test_every_design_section_reference_resolves() -> None:
 
 def test_every_test_the_design_cites_exists() -> None:
     """Each `file.py::test` named as proof of a guarantee is defined in that file."""
-    text = DESIGN.read_text()
+    text = DESIGN_DOC.read_text()
     assert len(_TEST_REF.findall(text)) > 50, "the design names its proofs as file.py::test"
     assert missing_tests(text) == []
 
@@ -191,15 +191,15 @@ def test_every_test_the_design_cites_exists() -> None:
 def test_the_finders_catch_what_they_look_for() -> None:
     """Positive control of the scans above: each kind of broken citation is found, good ones are not."""
     files = repository_files()
-    shared = "../" + "shared/docs/notes"
-    contract = "DESIGN" + ".md"  # spelled in pieces: this file must not cite it either
+    outside = "../elsewhere/notes"  # a path outside the checkout
+    missing = "CONTRACT.md"  # a document the checkout does not have
     sample = (
-        "see " + contract + " §2, docs/" + "nowhere.md, " + shared + ", /srv/" + "guide.md, storage/" + "gone.py; "
+        "see " + missing + " §2, docs/" + "nowhere.md, " + outside + ", /srv/" + "guide.md, storage/" + "gone.py; "
         "fine: docs/benchmarks.md, core/envelope.py, writer.py, deploy/kafka/pom.xml, dg.MetadataValue.md, "
         ".../{device_id}/telemetry, IOT_HOME/state.json, https://example.org/x/README.md"
     )
     found = dangling_citations(sample, REPO / "iot_platform" / "consumer" / "service.py", files)
-    assert sorted(found) == sorted([contract, "docs/nowhere.md", shared, "/srv/guide.md", "storage/gone.py"])
+    assert sorted(found) == sorted([missing, "docs/nowhere.md", outside, "/srv/guide.md", "storage/gone.py"])
     sections = design_sections()
     assert unresolved_sections("docs/design.md §2.1 and docs/design.md §" + "99", sections) == ["§99"]
     assert missing_tests("`unit/test_docs.py::test_the_finders_catch_what_they_look_for`, `::no_such_test`") == [
