@@ -58,75 +58,74 @@ from iot_platform.storage.db import connect
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_tree_ticks(root_pid: int) -> int:
-    """utime+stime (clock ticks) of ``root_pid`` and all its live descendants, from /proc."""
+def _stat_fields(path: str) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (None if the process or thread is gone)."""
+    try:
+        with open(path) as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _ticks_of(fields: list[str]) -> int:
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _process_tree(root_pid: int) -> tuple[list[int], dict[int, int]]:
+    """``root_pid`` and its live descendants, and each one's utime+stime (clock ticks), from /proc."""
     children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    total, todo = 0, [root_pid]
+        if entry.isdigit() and (fields := _stat_fields(f"/proc/{entry}/stat")) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            ticks[int(entry)] = _ticks_of(fields)
+    tree, todo = [], [root_pid]
     while todo:
         pid = todo.pop()
-        total += ticks.get(pid, 0)
+        tree.append(pid)
         todo += children.get(pid, [])
-    return total
+    return tree, ticks
 
 
-def _label(pid: int, tid: int) -> str:
-    """What a thread does: the process's title (PostgreSQL names each backend after its role) and the
-    thread's name (the JVM names its threads: request handlers, GC, JIT), digits folded away."""
+def process_tree_ticks(root_pid: int) -> int:
+    """utime+stime (clock ticks) of ``root_pid`` and all its live descendants."""
+    tree, ticks = _process_tree(root_pid)
+    return sum(ticks.get(pid, 0) for pid in tree)
+
+
+def _title(pid: int) -> str:
+    """A process's role: PostgreSQL titles each process after it (a client's backend carries its
+    address, folded to "backend"); others are named by their executable."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             title = cmdline.read().split(b"\0")[0].decode(errors="replace")
-        with open(f"/proc/{pid}/task/{tid}/comm") as comm:
-            thread = comm.read().strip()
     except OSError:
         return "?"
     if title.startswith("postgres: "):
-        title = " ".join(title.split()[1:3]) if "(" not in title else "backend"
-    else:
-        title = Path(title.split()[0]).name if title else "?"
-    return re.sub(r"\d+", "#", f"{title} / {thread}")
+        return "backend" if "(" in title else " ".join(title.split()[1:3])
+    return Path(title.split()[0]).name if title else "?"
 
 
 def thread_ticks(root_pid: int) -> dict[str, int]:
-    """utime+stime (clock ticks) of every live thread under ``root_pid``, summed per ``_label``."""
-    pids, todo = [], [root_pid]
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parents.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-            except OSError:
-                continue
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo += parents.get(pid, [])
+    """utime+stime (clock ticks) of every live thread under ``root_pid``, summed per kind: the process's
+    title and the thread's name (the JVM names its threads: request handlers, GC, JIT), digits folded."""
     found: dict[str, int] = {}
-    for pid in pids:
+    for pid in _process_tree(root_pid)[0]:
+        title = _title(pid)
         try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
         for tid in tids:
+            fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
             try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                    thread = comm.read().strip()
             except OSError:
                 continue
-            label = _label(pid, tid)
-            found[label] = found.get(label, 0) + int(fields[11]) + int(fields[12])
+            if fields is not None:
+                label = re.sub(r"\d+", "#", f"{title} / {thread}")
+                found[label] = found.get(label, 0) + _ticks_of(fields)
     return found
 
 
