@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from iot_platform.devices.verify import kafka_offsets
@@ -31,6 +32,16 @@ _QUIET.setLevel(logging.CRITICAL)
 def _leaders(admin: AdminClient, topic: str) -> dict[int, int]:
     """Partition -> leader node id (-1 while it has none)."""
     return {p.id: p.leader for p in admin.list_topics(topic, timeout=10).topics[topic].partitions.values()}
+
+
+def _new_leader(admin: AdminClient, topic: str, partition: int, old: int) -> int | None:
+    """The partition's leader once it is a node other than ``old``; None before that, and while a metadata
+    request is lost with the killed node (it then times out instead of answering)."""
+    try:
+        leader = _leaders(admin, topic)[partition]
+    except KafkaException:
+        return None
+    return leader if leader not in (-1, old) else None
 
 
 def _complete_isr(admin: AdminClient, topics: list[str], brokers: int) -> bool:
@@ -58,7 +69,7 @@ def test_leader_of_the_busiest_partition_sigkilled_and_restarted(tmp_path: Path)
             killed_at = time.monotonic()
             stack.kafka.node(leader).kill()
             new_leader = wait_for(
-                lambda: (n := _leaders(admin, settings.kafka_topic)[busiest.partition]) not in (-1, leader) and n,
+                lambda: _new_leader(admin, settings.kafka_topic, busiest.partition, leader),
                 60, f"a new leader of partition {busiest.partition}", interval_s=0.2,
             )
             seen.update(new_leader=new_leader, failover_s=round(time.monotonic() - killed_at, 1))
