@@ -30,7 +30,7 @@ from iot_platform.bridge import drain_marks
 from iot_platform.bridge.replicas import replica_problem
 from iot_platform.observability.identity import IDENTITY_SETTING, run_as_only_instance
 from iot_platform.observability.instance_lock import AlreadyRunning, holder, lock_path, service_instance
-from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
+from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals, tune_gc_for_message_rates
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile, replica_pidfile_name
 from iot_platform.observability.progress import ProgressFile
@@ -86,6 +86,7 @@ def _run(settings: Settings, *, draining: bool = False) -> int:
     if settings.replica_index >= settings.bridge_replicas:
         log.warning("replica index outside IOT_BRIDGE_REPLICAS", extra={"replica": settings.replica_index, "replicas": settings.bridge_replicas})
     install_stop_signals(bridge.stop)
+    tune_gc_for_message_rates()
     watch = ParentWatch(bridge.stop).start() if settings.exit_with_parent else None
     try:
         with pidfile(settings.home, replica_pidfile_name("bridge", settings.replica_index)):

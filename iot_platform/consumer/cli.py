@@ -15,7 +15,7 @@ import logging
 from iot_platform.consumer.metrics import ConsumerMetrics
 from iot_platform.consumer.service import ConsumerService
 from iot_platform.observability.identity import run_as_only_instance
-from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals
+from iot_platform.observability.lifecycle import ParentWatch, install_stop_signals, tune_gc_for_message_rates
 from iot_platform.observability.logging import configure_json_logging
 from iot_platform.observability.pidfile import pidfile, replica_pidfile_name
 from iot_platform.settings import Settings
@@ -53,6 +53,7 @@ def _run(settings: Settings) -> int:
     metrics.serve(settings.consumer_metrics_port)
     service = ConsumerService(settings, metrics)
     install_stop_signals(service.stop)
+    tune_gc_for_message_rates()
     watch = ParentWatch(service.stop).start() if settings.exit_with_parent else None
     try:
         with pidfile(settings.home, replica_pidfile_name("consumer", settings.replica_index)):

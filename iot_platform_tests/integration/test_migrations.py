@@ -77,3 +77,23 @@ def test_connect_sets_statement_timeout(settings: Settings) -> None:
                 cur.execute("SELECT pg_sleep(3)")
     finally:
         conn.close()
+
+
+def test_the_insert_path_maintains_only_the_indexes_it_needs(settings: Settings) -> None:
+    """Every index of iot.messages and iot.message_ids costs the consumer on each row (070): this is the
+    whole list, so a new one is a decision, not an accident."""
+    apply_migrations(settings)
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'iot' AND tablename IN ('messages', 'message_ids')"
+        )
+        found = {(table, name): definition for table, name, definition in cur.fetchall()}
+    conn.close()
+    assert sorted(found) == [
+        ("message_ids", "message_ids_pkey"),  # the deduplication claim (tenant, message id)
+        ("message_ids", "message_ids_received_at_brin"),  # retention's delete by time
+        ("messages", "messages_kafka_record_key"),  # the replay fence's ON CONFLICT
+        ("messages", "messages_received_at_brin"),  # rollups, retention, checks: a time range
+        ("messages", "messages_tenant_project_time"),  # a tenant's (and project's) rows by time
+    ]
+    assert "USING brin" in found[("message_ids", "message_ids_received_at_brin")]

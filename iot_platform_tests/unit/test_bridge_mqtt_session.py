@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.client import Client, MQTTErrorCode, MQTTMessage, MQTTv5, MQTTv311
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,6 +22,7 @@ from iot_platform.bridge.mqtt_session import make_client
 from iot_platform.bridge.paho_client import FAST_PATH_AVAILABLE, FAST_PATH_PAHO_VERSION, PAHO_VERSION, PublicBridgeClient, choose_client_path
 from iot_platform.settings import Settings
 from iot_platform.stack.certs import server_certificate
+from iot_platform_tests.unit.test_bridge_paho_golden import publish
 
 fast_only = pytest.mark.skipif(not FAST_PATH_AVAILABLE, reason="the fast path runs only on the paho-mqtt release it was written for")
 if FAST_PATH_AVAILABLE:
@@ -56,7 +59,7 @@ def test_paho_still_has_the_hooks_the_fast_path_overrides() -> None:
     hooks = (
         "_create_socket", "loop_read", "_sock", "_transport", "_packet_queue", "_out_packet",
         "_handle_publish", "_in_packet", "_protocol", "_handle_on_message", "_in_callback_mutex", "_userdata",
-        "_ping_t",
+        "_ping_t", "_msgtime_mutex", "_last_bytes_received",
     )  # fmt: skip
     for name in hooks:
         assert hasattr(Client, name) or name in Client.__init__.__code__.co_names, name
@@ -313,3 +316,55 @@ def test_reading_pauses_above_the_window_without_spinning_and_still_writes_pubac
     finally:
         broker.close()
         ours.close()
+
+
+_publish_fields = st.tuples(
+    st.binary(max_size=40), st.binary(max_size=300), st.sampled_from([0, 1]), st.integers(1, 65535), st.booleans(), st.booleans(),
+)
+
+
+@fast_only
+@settings(max_examples=300, deadline=None)
+@given(fields=_publish_fields, v5=st.booleans(), properties=st.sampled_from([b"", b"\x01\x01", b"\x02\x00\x00\x00\x3c"]),
+       before=st.binary(max_size=8), cut=st.integers(0, 400))
+def test_split_publish_agrees_with_paho_or_leaves_the_packet_to_it(
+    fields: tuple[bytes, bytes, int, int, bool, bool], v5: bool, properties: bytes, before: bytes, cut: int,
+) -> None:
+    """A whole PUBLISH without properties decodes exactly as paho's decode_publish does; a cut one,
+    one with properties, or an empty 3.1.1 topic is None (paho reads it), and the offset is honoured."""
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+
+    from iot_platform.bridge.paho_fast import split_publish
+
+    topic, payload, qos, mid, dup, retain = fields
+    packet = publish(topic, payload, qos, mid if qos else 0, v5=v5, dup=dup, retain=retain, properties=properties if v5 else b"")
+    data = before + packet
+    assert split_publish(data[: len(before) + min(cut, len(packet) - 1)], len(before), v5) is None  # not whole yet
+    found = split_publish(data + b"\xd0\x00", len(before), v5)  # a PINGRESP after it is not read
+    if (v5 and properties) or (not v5 and not topic):
+        assert found is None
+        return
+    assert found is not None and found.end == len(data)
+    protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
+    header_length = 2 + (len(packet) > 129) + (len(packet) > 16386)
+    expected = _packet.decode_publish(packet[0], packet[header_length:], protocol)
+    assert (found.dup, found.qos, found.retain, found.topic, found.mid, found.payload) == (
+        expected.dup, expected.qos, expected.retain, expected.topic, expected.mid, expected.payload,
+    )
+
+
+@fast_only
+@pytest.mark.parametrize("data", [
+    b"\xd0\x00",  # PINGRESP
+    b"\x34\x05\x00\x01t\x00\x01",  # QoS 2
+    b"\x36\x05\x00\x01t\x00\x01",  # QoS "3"
+    b"\x32\x03\x00\x05t",  # topic length beyond the packet
+    b"\x32\x01\x00",  # remaining length too short for a topic length
+    b"\x30\xff\xff\xff\xff\x01",  # remaining length over 4 bytes
+    b"\x90\x03\x00\x01\x00",  # SUBACK
+])  # fmt: skip
+def test_split_publish_leaves_other_and_malformed_packets_to_paho(data: bytes) -> None:
+    from iot_platform.bridge.paho_fast import split_publish
+
+    assert split_publish(data, 0, False) is None and split_publish(data, 0, True) is None
