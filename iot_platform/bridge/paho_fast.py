@@ -18,6 +18,7 @@ for; any other version runs paho's public API (paho_client.PublicBridgeClient).
 
 from __future__ import annotations
 
+import functools
 import struct
 import time
 from typing import Any, NamedTuple
@@ -186,6 +187,13 @@ class SharedTableProperties(Properties):
         return super().unpack(buffer)
 
 
+@functools.cache
+def _no_publish_properties() -> SharedTableProperties:
+    """The empty property list of every in-place decoded MQTT 5 PUBLISH, shared: building one per
+    message cost 2-3% of the bridge's samples, and nothing on the bridge's path modifies it."""
+    return SharedTableProperties(PacketTypes.PUBLISH)
+
+
 def install_shared_table_properties() -> None:
     """Make paho's packet decoder (paho-mqtt 2.2.0 ``_packet``) build SharedTableProperties."""
     paho.mqtt._packet.Properties = SharedTableProperties  # type: ignore[attr-defined]
@@ -291,7 +299,7 @@ class FastBridgeClient(PublicBridgeClient):
         message.dup = packet.dup
         message.qos = packet.qos
         message.retain = packet.retain
-        message.properties = SharedTableProperties(PacketTypes.PUBLISH) if self._protocol == MQTTv5 else None
+        message.properties = _no_publish_properties() if self._protocol == MQTTv5 else None
         message.payload = packet.payload
         message.timestamp = now = time.monotonic()  # paho's time_func; the bridge's receive time
         with self._msgtime_mutex:
