@@ -12,8 +12,9 @@ through stock paho in a process that never loads this module and compare (test_b
 The internals used: ``Client._create_socket``, ``_sock``, ``_transport``,
 ``_packet_queue``, ``_handle_publish``, ``_in_packet``, ``_protocol``, ``_handle_on_message``,
 ``_in_callback_mutex``, ``_userdata``, ``_ping_t``, ``_msgtime_mutex``, ``_last_bytes_received``
-and ``paho.mqtt._packet`` (``decode_publish``, ``Properties``). mqtt_session imports this module only when paho-mqtt is the version it was written
-for; any other version runs paho's public API (paho_client.PublicBridgeClient).
+and ``paho.mqtt._packet`` (``decode_publish``, ``Properties``). mqtt_session imports this module
+only when paho-mqtt is the version it was written for; any other version runs paho's public API
+(paho_client.PublicBridgeClient).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-# CPython collects its youngest generation after 700 net container allocations (its default).
+# (young, middle, old): CPython's default is (700, 10, 10) container allocations and collections.
 SERVICE_GC_THRESHOLDS = (50_000, 20, 20)
 
 

@@ -1,5 +1,6 @@
-"""The bridge's paho clients: path choice, buffered reads, shared property tables, batched PUBACKs,
-paused reading. Packet handling against stock paho: test_bridge_paho_golden.py."""
+"""The bridge's paho clients: path choice, buffered reads, PUBLISH packets split in place, shared
+property tables, batched PUBACKs, paused reading. Packet handling against stock paho:
+test_bridge_paho_golden.py."""
 
 from __future__ import annotations
 
