@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+from pydantic import ValidationError
 
 from iot_platform.devices.verify import verify
 from iot_platform.devices.verify_report import Expectation
@@ -117,15 +118,15 @@ def thread_ticks(root_pid: int) -> dict[str, int]:
         except OSError:
             continue
         for tid in tids:
-            fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+            if (fields := _stat_fields(f"/proc/{pid}/task/{tid}/stat")) is None:
+                continue
             try:
                 with open(f"/proc/{pid}/task/{tid}/comm") as comm:
                     thread = comm.read().strip()
             except OSError:
                 continue
-            if fields is not None:
-                label = re.sub(r"\d+", "#", f"{title} / {thread}")
-                found[label] = found.get(label, 0) + _ticks_of(fields)
+            label = re.sub(r"\d+", "#", f"{title} / {thread}")
+            found[label] = found.get(label, 0) + _ticks_of(fields)
     return found
 
 
@@ -326,15 +327,14 @@ def check_loss(settings: Settings, summaries: list[dict]) -> dict[str, int]:  # 
 
 def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="iot-e2e-"))
-    stack = PrivateStack(workdir / "stack", kafka_jit=args.kafka_jit).start()
+    stack = PrivateStack(workdir / "stack", kafka_jit=args.kafka_jit).start()  # main(): --kafka-jit and --set agree
     services: list[ServiceProcess] = []
     progress = None
     try:
         settings = stack.settings(workdir / "home")
         mqtt_url = stack.mosquitto.url if transport == "tls" else stack.mosquitto.plain_url
-        overrides = dict(item.split("=", 1) for item in args.overrides)
         settings = Settings.model_validate({**settings.model_dump(), "consumer_batch_max_wait_ms": args.batch_wait_ms,
-                                            "mqtt_url": mqtt_url, **overrides})
+                                            "mqtt_url": mqtt_url, **args.overrides})
         services = replicas(settings, workdir, bridges=args.bridges, consumers=args.consumers)
         for service in services:
             service.start()
@@ -440,6 +440,14 @@ def _pids(stack: PrivateStack, services: list[ServiceProcess]) -> dict[str, list
     return {name: [pid for pid in found if pid] for name, found in pids.items()}
 
 
+def _setting(item: str) -> tuple[str, str]:
+    """``--set SETTING=VALUE``: the name must be a platform setting (Settings ignores unknown names)."""
+    name, equals, value = item.partition("=")
+    if not equals or name not in Settings.model_fields:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected SETTING=VALUE, SETTING a field of Settings (e.g. kafka_linger_ms=20)")
+    return name, value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["fixed", "max"], default="max")
@@ -454,16 +462,24 @@ def main() -> int:
     parser.add_argument("--consumers", type=int, default=1, help="consumer replicas (IOT_CONSUMER_REPLICAS) in one group")
     parser.add_argument("--breakdown", action="store_true",
                         help="also print each process's CPU by thread kind (JVM threads, PostgreSQL backends)")
-    parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", dest="overrides",
+    parser.add_argument("--set", action="append", default=[], type=_setting, metavar="SETTING=VALUE", dest="overrides",
                         help="a platform setting for this run (e.g. kafka_linger_ms=20), repeatable")
-    parser.add_argument("--kafka-jit", choices=["c1", "tiered"], default=Settings().kafka_local_jit,
-                        help="the broker's JIT (IOT_KAFKA_LOCAL_JIT; default: the platform's)")
+    parser.add_argument("--kafka-jit", choices=["c1", "tiered"], default=None,
+                        help="the broker's JIT (same as --set kafka_local_jit=...; default: the platform's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample the bridge and consumer with py-spy (pip install -e '.[profile]') into DIR")
     parser.add_argument("--transport", nargs="+", choices=["plain", "tls"], default=["tls"],
                         help="MQTT listeners to measure, each on a fresh stack, in this order (default: tls)")
     args = parser.parse_args()
+    args.overrides = dict(args.overrides)
+    if args.kafka_jit is not None:
+        if args.overrides.setdefault("kafka_local_jit", args.kafka_jit) != args.kafka_jit:
+            parser.error("--kafka-jit and --set kafka_local_jit=... disagree")
+    try:  # a bad value fails here, before any server starts
+        args.kafka_jit = Settings.model_validate(args.overrides).kafka_local_jit
+    except ValidationError as exc:
+        parser.error(f"--set: {exc}")
     results = []
     for transport in args.transport:
         results.append(run(args, transport))

@@ -40,6 +40,10 @@ def _default_bridge_id() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"  # the host name, without the socket module
 
 
+# The JIT of the brokers the platform starts itself (docs/design.md §11; stack/kafka.py's JIT_FLAGS).
+KafkaJit = Literal["c1", "tiered"]
+DEFAULT_KAFKA_JIT: KafkaJit = "c1"
+
 class Settings(BaseSettings):
     """Platform configuration; see the README's settings table for each variable."""
 
@@ -89,7 +93,7 @@ class Settings(BaseSettings):
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(default="lz4", description="Producer compression.")
     kafka_key_mode: Literal["device", "tenant", "tenant_project"] = Field(default="device", description="Record key, hence partition and the order Kafka keeps: device (the topic after the grammar's leading literal levels, tenant/project/device/...: per-device order, load spread over the partitions), tenant (per-tenant order, a large tenant is one hot partition) or tenant/project.")
     kafka_linger_ms: int = Field(default=20, ge=0, description="How long the bridge's producer waits to fill a batch (linger.ms): each Kafka produce request costs the broker CPU, so a longer linger is less CPU per message and up to this much more latency (docs/design.md §11).")
-    kafka_local_jit: Literal["c1", "tiered"] = Field(default="c1", description="JIT of the brokers `dev up` runs: c1 (client compiler only: no CPU spent compiling for peak speed, as short-lived and development JVMs run) or tiered (the JVM's default, for a broker that runs for weeks) (docs/design.md §11).")
+    kafka_local_jit: KafkaJit = Field(default=DEFAULT_KAFKA_JIT, description="JIT of the brokers `dev up` runs: c1 (client compiler only: no CPU spent compiling for peak speed, as short-lived and development JVMs run) or tiered (the JVM's default, for a broker that runs for weeks) (docs/design.md §11).")
     kafka_delivery_timeout_ms: int = Field(default=120_000, gt=0, description="Producer delivery timeout; a timed-out message is retried, never acked.")
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0, description="Timeout of one Kafka request.")
     kafka_consumer_group: str = Field(default="iot-postgres-writer", description="Consumer group of the PostgreSQL writer.")

@@ -292,7 +292,8 @@ class FastBridgeClient(PublicBridgeClient):
         same bytes (test_bridge_paho_golden); False leaves the packet to paho (split_publish).
         """
         data, offset = sock.unread()
-        packet = split_publish(data, offset, self._protocol == MQTTv5)
+        v5 = self._protocol == MQTTv5
+        packet = split_publish(data, offset, v5)
         if packet is None:
             return False
         sock.consume(packet.end)
@@ -300,7 +301,7 @@ class FastBridgeClient(PublicBridgeClient):
         message.dup = packet.dup
         message.qos = packet.qos
         message.retain = packet.retain
-        message.properties = _no_publish_properties() if self._protocol == MQTTv5 else None
+        message.properties = _no_publish_properties() if v5 else None
         message.payload = packet.payload
         message.timestamp = now = time.monotonic()  # paho's time_func; the bridge's receive time
         with self._msgtime_mutex:

@@ -20,8 +20,8 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from iot_platform.settings import DEFAULT_KAFKA_JIT, KafkaJit
 from iot_platform.stack.certs import ServerCertificate
 from iot_platform.stack.ports import ensure_port_free
 from iot_platform.stack.process import StackError, pid_alive, require_binary, spawn, stop_group, wait_until
@@ -36,8 +36,7 @@ HEAP_MB = {1: 512, 3: 384}
 # compiler, which took 53-57% of a fresh broker's CPU in a 100,000-message drain after a 20,000-message
 # warm-up, at the cost of slower steady-state code (docs/benchmarks.md, issue 15). "tiered": the
 # JVM's default, what a long-running production broker wants (the Helm chart does not set it).
-JIT_FLAGS = {"c1": ("-XX:TieredStopAtLevel=1",), "tiered": ()}
-KafkaJit = Literal["c1", "tiered"]
+JIT_FLAGS: dict[KafkaJit, tuple[str, ...]] = {"c1": ("-XX:TieredStopAtLevel=1",), "tiered": ()}
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class KafkaConfig:
     node_id: int = 1
     # The cluster's controller quorum, "id@host:port" per voter; empty: this node alone.
     voters: tuple[str, ...] = ()
-    jit: KafkaJit = "c1"
+    jit: KafkaJit = DEFAULT_KAFKA_JIT
 
     @property
     def cluster_size(self) -> int:
@@ -177,7 +176,7 @@ class KafkaServer:
         self, workdir: Path, port: int, controller_port: int, *, advertised_port: int | None = None,
         retention_check_interval_ms: int = 300_000, security: KafkaSecurity | None = None,
         host: str = "127.0.0.1", node_id: int = 1, voters: tuple[str, ...] = (), cluster_id: str | None = None,
-        jit: KafkaJit = "c1",
+        jit: KafkaJit = DEFAULT_KAFKA_JIT,
     ) -> None:
         self.workdir = Path(workdir)
         self.config = KafkaConfig(

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from iot_platform.stack.kafka import KafkaJit, KafkaSecurity, KafkaServer, client_config, new_cluster_id, registered_brokers
+from iot_platform.settings import DEFAULT_KAFKA_JIT, KafkaJit
+from iot_platform.stack.kafka import KafkaSecurity, KafkaServer, client_config, new_cluster_id, registered_brokers
 from iot_platform.stack.process import StackError, stop_groups, tail
 
 CLUSTER_SIZES = (1, 3)
@@ -87,7 +88,7 @@ class KafkaCluster:
 
     def __init__(
         self, workdir: Path, nodes: Sequence[NodeAddress], *, retention_check_interval_ms: int = 300_000,
-        security: KafkaSecurity | None = None, jit: KafkaJit = "c1",
+        security: KafkaSecurity | None = None, jit: KafkaJit = DEFAULT_KAFKA_JIT,
     ) -> None:
         if len(nodes) not in CLUSTER_SIZES:
             raise ValueError(f"a local Kafka cluster has 1 or 3 nodes, not {len(nodes)}")

@@ -30,10 +30,10 @@ from iot_platform.access.repair import acl_json, create_client
 from iot_platform.access.state import ClientSpec, bridge_client
 from iot_platform.devices.fleet import FleetSpec
 from iot_platform.devices.simulate import new_run_id, simulate
-from iot_platform.settings import Settings
+from iot_platform.settings import DEFAULT_KAFKA_JIT, KafkaJit, Settings
 from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.databases import ensure_platform_role_and_databases
-from iot_platform.stack.kafka import KafkaJit, ensure_topics
+from iot_platform.stack.kafka import ensure_topics
 from iot_platform.stack.kafka_cluster import KafkaCluster, NodeAddress
 from iot_platform.stack.mosquitto import MosquittoServer, new_admin
 from iot_platform.stack.ports import free_port
@@ -51,7 +51,7 @@ class PrivateStack:
     kafka_proxy: bool = False
     pg_proxy: bool = False
     kafka_brokers: int = 1
-    kafka_jit: KafkaJit = "c1"
+    kafka_jit: KafkaJit = DEFAULT_KAFKA_JIT
     mosquitto: MosquittoServer = field(init=False)
     kafka: KafkaCluster = field(init=False)
     postgres: PostgresServer = field(init=False)

@@ -369,3 +369,25 @@ def test_split_publish_leaves_other_and_malformed_packets_to_paho(data: bytes) -
     from iot_platform.bridge.paho_fast import split_publish
 
     assert split_publish(data, 0, False) is None and split_publish(data, 0, True) is None
+
+
+@fast_only
+def test_publishes_decoded_in_place_count_as_traffic_for_the_keepalive() -> None:
+    """The packets after the first of a read are decoded in place (not by paho's reader), and each one
+    still refreshes paho's last-received time: without it a long drain read this way would look like a
+    silent broker to paho's keepalive check."""
+    client = make_client(Settings(mqtt_protocol="3.1.1", mqtt_client_id="unit-bridge"))
+    broker, ours = socket.socketpair()
+    try:
+        broker.sendall(b"".join(publish(f"t/{n}".encode(), b"x", 0, v5=False) for n in range(3)))
+        client._sock = _BufferedSocket(ours)  # noqa: SLF001
+        client._last_bytes_received = 0.0  # noqa: SLF001
+        seen: list[tuple[float, float]] = []  # (message's receive time, paho's last-received time) in the callback
+        client.on_message = lambda c, _u, message: seen.append((message.timestamp, c._last_bytes_received))  # noqa: SLF001
+        assert client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert len(seen) == 3
+        assert 0.0 < seen[0][1] < seen[0][0]  # paho's reader refreshed it while reading, before its receive time
+        assert all(received == last_received for received, last_received in seen[1:])  # decoded in place: at receipt
+    finally:
+        broker.close()
+        ours.close()

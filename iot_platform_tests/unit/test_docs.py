@@ -22,7 +22,7 @@ from iot_platform.settings import settings_table
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-DESIGN_DOC = REPO / "docs/design.md"
+LIVING_DOC = REPO / "docs" / "design.md"  # the project's living design document
 TESTS = REPO / "iot_platform_tests"
 
 _SKIPPED_DIRS = {".git", ".venv", ".iot", ".dg", ".pytest_cache", ".hypothesis", "__pycache__", "build", "dist", "node_modules"}
@@ -109,7 +109,7 @@ def dangling_citations(text: str, where: Path, files: list[Path]) -> list[str]:
 
 
 def design_sections() -> set[str]:
-    return set(_HEADING.findall(DESIGN_DOC.read_text()))
+    return set(_HEADING.findall(LIVING_DOC.read_text()))
 
 
 def unresolved_sections(text: str, sections: set[str], *, bare: bool = False) -> list[str]:
@@ -157,7 +157,7 @@ def test_readme_names_the_two_commands_and_every_cli_command() -> None:
 def test_every_cited_file_exists_in_the_repository() -> None:
     """No file of the repository cites a document or path that is not in it (or lies outside it)."""
     files = repository_files()
-    assert README in files and DESIGN_DOC in files, "the scan must see the repository's own documents"
+    assert README in files and LIVING_DOC in files, "the scan must see the repository's own documents"
     problems = {}
     for path in files:
         text = prose(path)
@@ -175,7 +175,7 @@ def test_every_design_section_reference_resolves() -> None:
         text = prose(path)
         if text is None:
             continue
-        unresolved = unresolved_sections(text, sections, bare=path == DESIGN_DOC)
+        unresolved = unresolved_sections(text, sections, bare=path == LIVING_DOC)
         if unresolved:
             problems[path.relative_to(REPO).as_posix()] = sorted(set(unresolved))
     assert not problems, f"references to sections docs/design.md does not have: {problems}"
@@ -183,7 +183,7 @@ def test_every_design_section_reference_resolves() -> None:
 
 def test_every_test_the_design_cites_exists() -> None:
     """Each `file.py::test` named as proof of a guarantee is defined in that file."""
-    text = DESIGN_DOC.read_text()
+    text = LIVING_DOC.read_text()
     assert len(_TEST_REF.findall(text)) > 50, "the design names its proofs as file.py::test"
     assert missing_tests(text) == []
 
