@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -251,17 +252,25 @@ def test_a_drained_replica_hands_everything_over_and_leaves_no_session(
     """Two replicas; while 3,000 messages are published at 500 msg/s, `bridge --replica 1 --drain`
     returns 0 once replica 1 has unsubscribed, delivered and acked everything routed to it, and ended
     its session; replica 1 exits 0. Every message is in Kafka exactly once and the broker keeps no
-    session for replica 1. Restarted, the drained replica connects nowhere until `--undrain`."""
+    session for replica 1. Restarted, the drained replica connects nowhere until `--undrain`.
+
+    Messages flow during the drain, and the last 500 wait until it has returned (a slow drain on a
+    loaded machine must not see publishing end first)."""
     zero = replica_factory(settings, 0, 2).start().wait_subscribed()
     one = replica_factory(settings, 1, 2).start().wait_subscribed()
     messages = tagged(settings, 3_000, "drain")
     publisher = Publisher(settings)
+    drained = threading.Event()
     try:
-        thread = publish_paced(publisher, messages, rate_per_s=500)
+        thread = publish_paced(publisher, messages, rate_per_s=500, hold=(2_500, drained))
         wait_for(lambda: len(publisher.sent) >= 1_000, 30, "a third published", interval_s=0.05)
+        before = len(publisher.sent)
         result = drain(settings, 1)
-        assert len(publisher.sent) < len(messages), "the drain must end while messages still flow"
+        during = len(publisher.sent) - before
+        drained.set()
+        assert during > 0, "messages must flow while the drain runs"
         thread.join(timeout=60)
+        assert not thread.is_alive() and len(publisher.sent) == len(messages)
         acknowledged = publisher.acknowledged()
     finally:
         publisher.close()
