@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version of the bridge: 5 (session expiry, receive maximum) or 3.1.1 (clean_session=false).")
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
     mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")
+    bridge_batch_interval_ms: int = Field(default=5, ge=0, le=100, description="While messages stream in, the bridge reads its MQTT socket, and sends a batch of acks, at most once per this interval: each wake-up of its threads then serves many messages instead of one or two, which is less CPU per message at moderate rates for at most this much more latency each; 0 serves each packet and delivery report as it arrives (docs/design.md §11).")
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
     bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas sharing the MQTT subscription; above 1 each takes the MQTT 5 shared subscription $share/{IOT_MQTT_SHARE_GROUP}/{filter} (docs/design.md §9); service_watchdog keeps replicas 0 .. N-1 running, and drains a replica that lowering N removes.")
     mqtt_share_group: str = Field(default="iot-bridges", pattern=r"^[^/+#]+$", description="Shared-subscription group of the bridge replicas (no /, + or #).")
@@ -92,7 +93,7 @@ class Settings(BaseSettings):
     kafka_retention_ms: int = Field(default=THREE_DAYS_MS, gt=0, description="Retention of both topics.")
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(default="lz4", description="Producer compression.")
     kafka_key_mode: Literal["device", "tenant", "tenant_project"] = Field(default="device", description="Record key, hence partition and the order Kafka keeps: device (the topic after the grammar's leading literal levels, tenant/project/device/...: per-device order, load spread over the partitions), tenant (per-tenant order, a large tenant is one hot partition) or tenant/project.")
-    kafka_linger_ms: int = Field(default=20, ge=0, description="How long the bridge's producer waits to fill a batch (linger.ms): each Kafka produce request costs the broker CPU, so a longer linger is less CPU per message and up to this much more latency (docs/design.md §11).")
+    kafka_linger_ms: int = Field(default=50, ge=0, description="How long the bridge's producer waits to fill a batch (linger.ms): each Kafka produce request costs the broker CPU, so a longer linger is less CPU per message and up to this much more latency (docs/design.md §11).")
     kafka_local_jit: KafkaJit = Field(default=DEFAULT_KAFKA_JIT, description="JIT of the brokers `dev up` runs: c1 (client compiler only: no CPU spent compiling for peak speed, as short-lived and development JVMs run) or tiered (the JVM's default, for a broker that runs for weeks) (docs/design.md §11).")
     kafka_delivery_timeout_ms: int = Field(default=120_000, gt=0, description="Producer delivery timeout; a timed-out message is retried, never acked.")
     kafka_request_timeout_ms: int = Field(default=30_000, gt=0, description="Timeout of one Kafka request.")
@@ -106,9 +107,9 @@ class Settings(BaseSettings):
 
     # Consumer.
     consumer_batch_size: int = Field(default=10_000, gt=0, description="Records per database transaction, at most.")
-    consumer_batch_max_wait_ms: int = Field(default=100, gt=0, description="Longest wait to fill a batch (bounds latency at low rates).")
+    consumer_batch_max_wait_ms: int = Field(default=50, gt=0, description="Longest wait to fill a batch while the database could take it (bounds latency at low rates); while the previous batch is still being written the batch stays open and grows (docs/design.md §11).")
     consumer_fetch_min_bytes: int = Field(default=1_048_576, ge=1, description="The consumer's fetch.min.bytes: Kafka holds a fetch until this much is there or IOT_CONSUMER_FETCH_WAIT_MAX_MS passes, so a steady stream is read in a few large fetches instead of one per produce request (docs/design.md §11).")
-    consumer_fetch_wait_max_ms: int = Field(default=50, ge=0, description="The consumer's fetch.wait.max.ms: the most a record waits in Kafka for a fetch to fill (IOT_CONSUMER_FETCH_MIN_BYTES); added to the publish-to-row latency at low rates (docs/design.md §11).")
+    consumer_fetch_wait_max_ms: int = Field(default=25, ge=0, description="The consumer's fetch.wait.max.ms: the most a record waits in Kafka for a fetch to fill (IOT_CONSUMER_FETCH_MIN_BYTES); added to the publish-to-row latency at low rates (docs/design.md §11).")
     fault_exit_after_commits: int = Field(default=0, ge=0, description="Testing only: the consumer exits right after its Nth database commit, before the Kafka commit (0: never).")
     message_id_field: str = Field(default="msg_id", description="JSON field that deduplicates messages produced twice.")
     consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, description="Kafka group session timeout: how long a crashed consumer's partitions wait before reassignment.")

@@ -40,6 +40,7 @@ def make_client(settings: Settings) -> PublicBridgeClient:
         manual_ack=True,
     )
     client.path = path
+    client.pace_reads(settings.bridge_batch_interval_ms / 1000)
     client.connect_timeout = settings.mqtt_connect_timeout_s
     client.enable_logger(logging.getLogger("iot_platform.bridge.paho"))
     configure(client, settings, bridge_credentials(settings))  # credentials; TLS for mqtts://

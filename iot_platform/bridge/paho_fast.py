@@ -272,6 +272,7 @@ class FastBridgeClient(PublicBridgeClient):
         holds more unacked messages than its window."""
         if self._paused():
             return MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._read_pace.turn()
         over_window = self._over_window
         rc = Client.loop_read(self, max_packets)
         for _ in range(_PACKETS_PER_READ):

@@ -40,6 +40,7 @@ from iot_platform.bridge.drain import DrainStep, SessionDrain
 from iot_platform.bridge.drain_marks import drain_requested, mark_drained
 from iot_platform.bridge.metrics import PUBLISH_INTERVAL_S, BridgeMetrics, BridgeStats, LiveState
 from iot_platform.bridge.mqtt_session import connect_async, end_session, make_client
+from iot_platform.bridge.pace import Pace
 from iot_platform.bridge.paho_client import PublicBridgeClient
 from iot_platform.bridge.producer import FatalProducerError, ReliableProducer
 from iot_platform.bridge.replicas import SubscriptionPlan, subscription_plan
@@ -136,8 +137,10 @@ class Bridge:
         next_drain_check = next_publish = time.monotonic()
         last = (time.monotonic(), 0)
         stall_reported_for = -1.0
+        ack_pace = Pace(self._settings.bridge_batch_interval_ms / 1000)  # one PUBACK write per interval at most (pace.py)
         while not self._stop.is_set():
             self._producer.service(0.05)
+            ack_pace.turn()
             self._gate.flush()
             now = time.monotonic()
             if now >= next_publish:

@@ -50,9 +50,9 @@ class BatchSink:
         self._abandoned = False  # a batch was given up (only when stopping): nothing after it may be written
         self.commits = 0  # batches committed to the database
 
-    def idle(self) -> bool:
-        """The batch in flight is done: the database thread would wait for the next one."""
-        return self._in_flight is not None and self._in_flight.attempt.done()
+    def ready(self) -> bool:
+        """The database thread would wait for the next batch: none was submitted, or the last one is done."""
+        return self._in_flight is None or self._in_flight.attempt.done()
 
     def records_in_flight(self) -> int:
         return len(self._in_flight.rows) if self._in_flight is not None else 0

@@ -25,8 +25,8 @@ def test_each_index_below_replicas_is_its_own_static_member(index: int, replicas
     assert replica_problem(settings) is None
     config = kafka_config(settings)
     assert (config["group.id"], config["group.instance.id"]) == ("writers", f"writers-{index}")
-    # Fetches wait for a megabyte or 50 ms (docs/design.md §11): a few large fetches, not one per produce request.
-    assert (config["fetch.min.bytes"], config["fetch.wait.max.ms"]) == (1_048_576, 50)
+    # Fetches wait for a megabyte or 25 ms (docs/design.md §11): a few large fetches, not one per produce request.
+    assert (config["fetch.min.bytes"], config["fetch.wait.max.ms"]) == (1_048_576, 25)
     assert service_identity("consumer", settings) == f"writers-{index}"
     assert replica_pidfile_name("consumer", index) == ("consumer" if index == 0 else f"consumer-{index}")
 
