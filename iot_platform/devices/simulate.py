@@ -10,17 +10,19 @@ unacked message and resends it after a reconnect, so a broker restart delays but
 In flight (published, not yet acked) is bounded by ``max_outstanding`` (below paho's 65,535 message
 ids); the publisher waits for acks rather than growing memory. The returned summary tells
 `iot-platform verify` what to expect: per-category counts and each device's last seq.
+
+One thread publishes and serves every connection (network_loop.py): paho's thread per connection
+cost more CPU than the platform's bridge at 2,000 msg/s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TextIO
@@ -29,6 +31,7 @@ import paho.mqtt.client as mqtt
 
 from iot_platform.access.connection import MqttCredentials, configure
 from iot_platform.devices.fleet import GOOD, Fleet, FleetSpec
+from iot_platform.devices.network_loop import NetworkLoop
 from iot_platform.devices.pacing import TokenBucket
 from iot_platform.settings import Settings
 
@@ -71,32 +74,30 @@ def new_run_id() -> str:
 
 MAX_OUTSTANDING = 65_534  # unacked publishes per client: paho stalls beyond 65,535
 Ack = tuple[int, int, bool]  # connection index, message id, refused
+_RECONNECT_DELAY_S = (0.2, 2.0)  # first and longest wait between attempts
+_TURN_S = 0.005  # while the rate allows nothing, wait this long: bursts of ~10 messages at 2,000 msg/s, not one
 
 
 def _connect(
-    settings: Settings, credentials: MqttCredentials, client_id: str, index: int, acks: "queue.SimpleQueue[Ack]", timeout_s: float
+    settings: Settings, credentials: MqttCredentials, client_id: str, index: int, acks: deque[Ack], timeout_s: float
 ) -> mqtt.Client:
-    connected = threading.Event()
-    refused: list[object] = []
+    connected: list[mqtt.ReasonCode] = []
     # MQTT 5: a PUBACK carries a reason code, so a publish the ACL refuses (0x87) is told apart.
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=credentials.client_id or client_id, protocol=mqtt.MQTTv5)
     configure(client, settings, credentials)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
-    client.reconnect_delay_set(min_delay=0.2, max_delay=2)
-    # Called under paho's own lock: only hand the mid over, never take another lock here.
-    client.on_publish = lambda _c, _u, mid, rc, _p: acks.put((index, mid, rc.is_failure))
-
-    def on_connect(_c: object, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
-        (refused.append(rc) if rc.is_failure else None)
-        connected.set()
-
-    client.on_connect = on_connect
-    client.connect_async(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive_s)
-    client.loop_start()
-    if not connected.wait(timeout_s) or refused:
-        client.loop_stop()
-        why = f"refused {credentials.username!r}: {refused[0]}" if refused else f"did not accept a connection in {timeout_s} s"
+    client.connect_timeout = timeout_s
+    client.on_publish = lambda _c, _u, mid, rc, _p: acks.append((index, mid, rc.is_failure))
+    client.on_connect = lambda _c, _u, _f, rc, _p: connected.append(rc)
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive_s)  # OSError: unreachable
+    loop = NetworkLoop([client], min_delay_s=_RECONNECT_DELAY_S[0], max_delay_s=_RECONNECT_DELAY_S[1])
+    deadline = time.monotonic() + timeout_s
+    while not connected and time.monotonic() < deadline:
+        loop.serve(0.05)
+    if not connected or connected[0].is_failure:
+        client.disconnect()
+        why = f"refused {credentials.username!r}: {connected[0]}" if connected else f"did not accept a connection in {timeout_s} s"
         raise ConnectionError(f"MQTT broker {settings.mqtt_url} {why}")
     return client
 
@@ -120,7 +121,7 @@ def simulate(
     stop = stop or threading.Event()
     fleet = Fleet(spec)
     result = SimulationResult(run_id=spec.run_id)
-    acks: queue.SimpleQueue[Ack] = queue.SimpleQueue()
+    acks: deque[Ack] = deque()
     clients: list[mqtt.Client] = []
     by_user: dict[str, int] = {}
     route: dict[tuple[str, str], mqtt.Client] = {}
@@ -138,17 +139,16 @@ def simulate(
     index_of = {id(c): i for i, c in enumerate(clients)}
     pending: dict[tuple[int, int], str] = {}
     bucket = TokenBucket(rate)
+    network = NetworkLoop(clients, min_delay_s=_RECONNECT_DELAY_S[0], max_delay_s=_RECONNECT_DELAY_S[1])
 
     def drain(block_s: float = 0.0) -> None:
-        try:
-            index, mid, refused = acks.get(timeout=block_s) if block_s else acks.get_nowait()
-            while True:
-                category = pending.pop((index, mid), None)
-                if category is not None:
-                    (result.refused if refused else result.acked)[category] += 1
-                index, mid, refused = acks.get_nowait()
-        except queue.Empty:
-            return
+        """Serve the connections (up to ``block_s`` waiting for them) and count the PUBACKs that came."""
+        network.serve(block_s)
+        while acks:
+            index, mid, refused = acks.popleft()
+            category = pending.pop((index, mid), None)
+            if category is not None:
+                (result.refused if refused else result.acked)[category] += 1
 
     started = time.monotonic()
     deadline = started + duration_s if duration_s is not None else None
@@ -168,7 +168,7 @@ def simulate(
             if count is not None:
                 budget = min(budget, count - sum(result.sent.values()))
             if budget <= 0:
-                time.sleep(min(bucket.wait_s(), 0.05))
+                time.sleep(min(max(bucket.wait_s(), _TURN_S), 0.05))
                 continue
             now_ms = time.time_ns() // 1_000_000
             for _ in range(budget):
@@ -200,8 +200,7 @@ def simulate(
 
 def _close(clients: list[mqtt.Client]) -> None:
     for client in clients:
-        client.disconnect()
-        client.loop_stop()
+        client.disconnect()  # written at once (no network thread); the client closes its socket after it
 
 
 def _report(out: TextIO, result: SimulationResult, in_flight: int, elapsed_s: float) -> None:
