@@ -12,10 +12,11 @@ the broker's backlog. MQTT reconnects forever with the platform's jittered backo
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
-thread polls the producer (delivery reports, retries) and then queues the acks of that poll as one
-batch (acks.py); it also logs the heartbeat, watches for stalls and, on SIGTERM/SIGINT, stops
-receiving, flushes, acks what was delivered and exits 0 within ``bridge_shutdown_timeout_s`` (plus
-one MQTT connect timeout at most).
+thread polls the producer (delivery reports, retries) and then queues the acks confirmed so far as
+one batch (acks.py). Each takes a turn at most once per ``bridge_batch_interval_ms`` (pace.py), so
+at a steady rate a wake-up serves many messages. The main thread also logs the heartbeat, watches
+for stalls and, on SIGTERM/SIGINT, stops receiving, flushes, acks what was delivered and exits 0
+within ``bridge_shutdown_timeout_s`` (plus one MQTT connect timeout at most).
 
 Replicas (replicas.py): replica i is MQTT client ``Settings.bridge_client_id``; on every connection it
 subscribes to its form of the filter (shared above one replica) and unsubscribes the other. Asked to

@@ -19,10 +19,10 @@ Threads: the main thread runs this loop: it reads and classifies Kafka records (
 stale copies and finds gaps, records.py classifies) and formats each batch's COPY text as records
 arrive (pending.py); one database thread (write_thread.py) writes. Batch N+1 is collected while
 batch N is written (handed over early, from half a batch, when the database thread would otherwise
-wait); N+1 is submitted only once N has committed (at most one batch in flight, batches commit in
-Kafka order), and Kafka's commit of N follows N's database commit. Rebalance callbacks run inside
-``consume()`` on this thread (group.py); lag, progress and heartbeat are reported once per turn
-(reporting.py).
+wait; kept open past its wait while the database thread is still busy); N+1 is submitted only once N
+has committed (at most one batch in flight, batches commit in Kafka order), and Kafka's commit of N
+follows N's database commit. Rebalance callbacks run inside ``consume()`` on this thread (group.py);
+lag, progress and heartbeat are reported once per turn (reporting.py).
 """
 
 from __future__ import annotations
