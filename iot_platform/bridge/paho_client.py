@@ -19,8 +19,6 @@ from typing import Any
 import paho.mqtt
 from paho.mqtt.client import Client, MQTTErrorCode
 
-from iot_platform.bridge.pace import Pace
-
 FAST_PATH_PAHO_VERSION = "2.2.0"  # the paho-mqtt release whose internals paho_fast.py overrides
 PAHO_VERSION: str = paho.mqtt.__version__
 _PAUSE_POLL_S = 0.05  # while paused, look again at least this often (keepalive, shutdown)
@@ -65,7 +63,6 @@ class PublicBridgeClient(Client):
         super().__init__(*args, **kwargs)
         self._over_window: Callable[[], bool] = _never
         self._acks_sent = threading.Event()
-        self._read_pace = Pace(0.0)
         self.path = ClientPath(False, "public API")
 
     def pause_reading_while(self, over_window: Callable[[], bool], acks_sent: threading.Event) -> None:
@@ -76,13 +73,8 @@ class PublicBridgeClient(Client):
         self._over_window, self._acks_sent = over_window, acks_sent
 
     def pace_reads(self, interval_s: float) -> None:
-        """Start a socket read at most once per ``interval_s`` (IOT_BRIDGE_BATCH_INTERVAL_MS, pace.py).
-
-        At a steady moderate rate the broker writes each PUBLISH as it comes, so an unpaced reader
-        wakes up for one or two messages at a time: select, a TLS record and the hand-off then cost
-        more than the message.
-        """
-        self._read_pace = Pace(interval_s)
+        """Nothing here: paho's own ``loop_read`` takes one packet per call, so pacing it would cap
+        this path at one packet per interval. The fast path paces its reads (paho_fast.py)."""
 
     def send_pubacks(self, mids: list[int]) -> None:
         """Queue a PUBACK for each QoS 1 packet id, in order (one ``ack()`` each)."""
@@ -92,7 +84,6 @@ class PublicBridgeClient(Client):
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         if self._paused():
             return MQTTErrorCode.MQTT_ERR_SUCCESS
-        self._read_pace.turn()
         return super().loop_read(max_packets)
 
     def _paused(self) -> bool:

@@ -29,6 +29,7 @@ from paho.mqtt.client import PUBACK, Client, MQTTErrorCode, MQTTMessage, MQTTMes
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from iot_platform.bridge.pace import Pace
 from iot_platform.bridge.paho_client import PublicBridgeClient
 
 # Most packets the bridge reads are ~200-byte PUBLISHes; one recv() takes many of them at once.
@@ -215,6 +216,18 @@ class ReceivedMessage(MQTTMessage):
 
 class FastBridgeClient(PublicBridgeClient):
     """paho's Client, leaner per message (see the module docstring; paho-mqtt 2.2.0 only)."""
+
+    _read_pace = Pace(0.0)  # unpaced until pace_reads
+
+    def pace_reads(self, interval_s: float) -> None:
+        """Start a socket read at most once per ``interval_s`` (IOT_BRIDGE_BATCH_INTERVAL_MS, pace.py).
+
+        At a steady moderate rate the broker writes each PUBLISH as it comes, so an unpaced reader
+        wakes up for one or two messages at a time: select, a TLS record and the hand-off then cost
+        more than the message. A read here takes every packet already there, so a paced one takes
+        what arrived during the interval.
+        """
+        self._read_pace = Pace(interval_s)
 
     def send_pubacks(self, mids: list[int]) -> None:
         """Queue a PUBACK for each QoS 1 packet id, in order, as one outgoing write.
