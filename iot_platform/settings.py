@@ -44,6 +44,7 @@ def _default_bridge_id() -> str:
 KafkaJit = Literal["c1", "tiered"]
 DEFAULT_KAFKA_JIT: KafkaJit = "c1"
 
+
 class Settings(BaseSettings):
     """Platform configuration; see the README's settings table for each variable."""
 

@@ -31,7 +31,7 @@ _MISC_INTERVAL_S = 0.5  # keepalive checks: PINGREQ due, PINGRESP overdue
 class NetworkLoop:
     """Serves the network side of ``clients`` from the calling thread (one thread only)."""
 
-    def __init__(self, clients: list[mqtt.Client], *, min_delay_s: float, max_delay_s: float) -> None:
+    def __init__(self, clients: list[mqtt.Client], *, min_delay_s: float = 0.2, max_delay_s: float = 2.0) -> None:
         self._clients = clients
         self._min_delay_s, self._max_delay_s = min_delay_s, max_delay_s
         self._retry_at: dict[int, tuple[float, float]] = {}  # client index -> (next attempt, its delay)

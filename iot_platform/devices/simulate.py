@@ -74,7 +74,6 @@ def new_run_id() -> str:
 
 MAX_OUTSTANDING = 65_534  # unacked publishes per client: paho stalls beyond 65,535
 Ack = tuple[int, int, bool]  # connection index, message id, refused
-_RECONNECT_DELAY_S = (0.2, 2.0)  # first and longest wait between attempts
 _TURN_S = 0.005  # while the rate allows nothing, wait this long: bursts of ~10 messages at 2,000 msg/s, not one
 
 
@@ -91,7 +90,7 @@ def _connect(
     client.on_publish = lambda _c, _u, mid, rc, _p: acks.append((index, mid, rc.is_failure))
     client.on_connect = lambda _c, _u, _f, rc, _p: connected.append(rc)
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=settings.mqtt_keepalive_s)  # OSError: unreachable
-    loop = NetworkLoop([client], min_delay_s=_RECONNECT_DELAY_S[0], max_delay_s=_RECONNECT_DELAY_S[1])
+    loop = NetworkLoop([client])
     deadline = time.monotonic() + timeout_s
     while not connected and time.monotonic() < deadline:
         loop.serve(0.05)
@@ -139,7 +138,7 @@ def simulate(
     index_of = {id(c): i for i, c in enumerate(clients)}
     pending: dict[tuple[int, int], str] = {}
     bucket = TokenBucket(rate)
-    network = NetworkLoop(clients, min_delay_s=_RECONNECT_DELAY_S[0], max_delay_s=_RECONNECT_DELAY_S[1])
+    network = NetworkLoop(clients)
 
     def drain(block_s: float = 0.0) -> None:
         """Serve the connections (up to ``block_s`` waiting for them) and count the PUBACKs that came."""

@@ -22,7 +22,7 @@ from iot_platform.settings import settings_table
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-LIVING_DOC = REPO / "docs" / "design.md"  # the project's living design document
+LIVING_DOC = REPO / "docs/design.md"  # the project's living design document
 TESTS = REPO / "iot_platform_tests"
 
 _SKIPPED_DIRS = {".git", ".venv", ".iot", ".dg", ".pytest_cache", ".hypothesis", "__pycache__", "build", "dist", "node_modules"}
@@ -31,7 +31,7 @@ _EXTENSIONS = "md|py|sql|toml|sh|yaml|yml|xml|properties|json|txt|cfg|ini"
 # A path-like token not glued to a longer word or path; `...` (an elided path) never starts one.
 _PATH = re.compile(rf"(?<![\w./-])((?:\.\./|/)?[\w.-]+(?:/[\w.-]+)*\.(?:{_EXTENSIONS}))(?![\w/-])")
 _OUTSIDE = re.compile(r"(?<![\w./-])\.\./[\w./-]*")
-_SECTION_REF = re.compile(r"design\.md\s*§\s*(\d+(?:\.\d+)*)")
+_SECTION_REF = re.compile(r"docs/design\.md\s*§\s*(\d+(?:\.\d+)*)")
 _BARE_SECTION_REF = re.compile(r"§\s*(\d+(?:\.\d+)*)")
 _HEADING = re.compile(r"^#{2,6}\s+(\d+(?:\.\d+)*)\.?\s", re.M)
 _TEST_REF = re.compile(r"((?:iot_platform_tests/)?(?:unit|integration|faults)/[\w/]+\.py)(?:::(\w+))?|`::(\w+)`")
