@@ -23,9 +23,11 @@ COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
 # under any deterministic collation, and "C" skips strcoll) claims the id unless an earlier batch
 # did; rows without an id, or whose id was claimed by this very record, become messages (the
 # statement's row count). The writer fences replays before this statement (offsets below the
-# stored position never reach it), so the insert into iot.messages normally runs without ON CONFLICT
-# (speculative insertion costs ~8% of the server's CPU per batch); a unique violation there means a
-# replay the fence did not catch, and the statement is re-run with ON CONFLICT DO NOTHING.
+# stored position never reach it), and a copy of an earlier message id is rare, so both inserts
+# normally run without ON CONFLICT: speculative insertion into iot.messages cost ~8% of the server's
+# CPU per batch, into iot.message_ids about a fifth of the statement's (docs/benchmarks.md). A unique
+# violation (a copy, or a replay the fence did not catch) re-runs the statement with ON CONFLICT DO
+# NOTHING on both; the writer uses that one directly while batches keep bringing copies.
 _INSERT_FROM_STAGING = """
 WITH firsts AS (
     SELECT DISTINCT ON (tenant_id COLLATE "C", message_id COLLATE "C")
@@ -35,7 +37,7 @@ WITH firsts AS (
 ), claimed AS (
     INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)
     SELECT tenant_id, message_id, received_at, kafka_partition, kafka_offset FROM firsts
-    ON CONFLICT DO NOTHING
+    {on_conflict}
     RETURNING kafka_partition, kafka_offset
 )
 INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id,
@@ -49,7 +51,7 @@ WHERE s.message_id IS NULL
 {on_conflict}
 """
 INSERT_FROM_STAGING = _INSERT_FROM_STAGING.format(on_conflict="")
-INSERT_FROM_STAGING_REPLAY_SAFE = _INSERT_FROM_STAGING.format(on_conflict="ON CONFLICT DO NOTHING")
+INSERT_FROM_STAGING_CONFLICT_SAFE = _INSERT_FROM_STAGING.format(on_conflict="ON CONFLICT DO NOTHING")
 
 # Run only when fewer rows were inserted than staged (some row is a copy, or a replay). Every claim
 # of this batch is in iot.message_ids by now, so a row with an id is a copy unless the claim there is

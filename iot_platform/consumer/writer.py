@@ -5,9 +5,11 @@ it commit atomically, together with the offset ranges it moves past that Kafka's
 before they were read (``iot.expired_offsets``: a recorded loss, never a silent one). Inside the transaction each partition's offset row is locked and records
 below the stored position are skipped, so a batch written twice (a retry after a commit whose
 outcome was lost, a zombie consumer after a rebalance) adds nothing. Rows go through COPY into a
-temporary staging table, then one INSERT (re-run with ``ON CONFLICT DO NOTHING`` should a replay
-slip past that fence); a payload message id seen before for the same tenant (``iot.message_ids``)
-turns the row into an ``iot.duplicate_messages`` entry; likewise a bridge dead letter whose MQTT
+temporary staging table, then one INSERT; a payload message id seen before for the same tenant
+(``iot.message_ids``) turns the row into an ``iot.duplicate_messages`` entry. That INSERT expects no
+conflict; a unique violation (a copy of an earlier message id, or a replay that slipped past the
+fence) re-runs it with ``ON CONFLICT DO NOTHING``, and while batches keep bringing copies the
+writer starts with that statement (the failed attempt is logged as an error by the server); likewise a bridge dead letter whose MQTT
 topic and message id were dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is isolated by
 bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
 batch is stored. Infrastructure errors propagate after a rollback (and the connection is dropped):
@@ -62,6 +64,7 @@ class BatchWriter:
         self._messages_topic = settings.kafka_topic
         self._conn: psycopg2.extensions.connection | None = None
         self._known_days: set[dt.date] = set()
+        self._copies_expected = False  # the last batch held copies of earlier message ids
 
     def close(self) -> None:
         if self._conn is not None:
@@ -180,11 +183,13 @@ class BatchWriter:
         cur.execute("SAVEPOINT rows")
         try:
             cur.copy_expert(sql.COPY_STAGING, io.BytesIO(data), size=1 << 20)
-            inserted = _insert_from_staging(cur)
+            inserted = _insert_from_staging(cur, expect_conflicts=self._copies_expected)
             duplicates = 0
             if inserted < len(rows):  # some row is a copy (or a replay)
                 cur.execute(sql.INSERT_DUPLICATES)
                 duplicates = cur.rowcount
+            if top_level:
+                self._copies_expected = duplicates > 0
             if not top_level:  # later bisection steps reuse the staging table in this transaction
                 cur.execute("TRUNCATE ingest_staging; RELEASE SAVEPOINT rows")
             # At the top level the savepoint stays open: the commit releases it, one round trip fewer.
@@ -220,12 +225,16 @@ def _days(epoch_days: set[int]) -> set[dt.date]:
     return {_EPOCH_DAY + dt.timedelta(days=d) for d in epoch_days}
 
 
-def _insert_from_staging(cur: psycopg2.extensions.cursor) -> int:
-    """Rows inserted; a replay the offset fence missed re-runs the replay-safe statement."""
+def _insert_from_staging(cur: psycopg2.extensions.cursor, *, expect_conflicts: bool) -> int:
+    """Rows inserted; a conflict (a copy of an earlier message id, a replay the offset fence missed)
+    re-runs the conflict-safe statement, which ``expect_conflicts`` runs at once."""
+    if expect_conflicts:
+        cur.execute(sql.INSERT_FROM_STAGING_CONFLICT_SAFE)
+        return cur.rowcount
     try:
         cur.execute("SAVEPOINT plain;" + sql.INSERT_FROM_STAGING)  # one round trip; released with "rows"
     except psycopg2.errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT plain;" + sql.INSERT_FROM_STAGING_REPLAY_SAFE)
+        cur.execute("ROLLBACK TO SAVEPOINT plain;" + sql.INSERT_FROM_STAGING_CONFLICT_SAFE)
     return cur.rowcount
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg2.extensions
 import pytest
 
+from iot_platform.consumer import sql, writer as writer_module
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
 from iot_platform.consumer.writer import Batch, BatchWriter, WriteResult
 from iot_platform.settings import Settings
@@ -165,3 +167,56 @@ def test_racing_writers_on_one_partition_store_each_record_once(settings: Settin
     assert scalar(settings, "SELECT count(*) FROM iot.messages") == 200
     assert scalar(settings, "SELECT count(DISTINCT kafka_offset) FROM iot.messages") == 200
     assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 200
+
+
+class RecordingCursor(psycopg2.extensions.cursor):
+    statements: list[str] = []
+
+    def execute(self, query, vars=None):  # type: ignore[no-untyped-def, override]
+        RecordingCursor.statements.append(query if isinstance(query, str) else query.decode())  # execute_values sends bytes
+        return super().execute(query, vars)
+
+
+def _insert_attempts() -> list[str]:
+    """The insert statements of the batches written so far: "plain" and/or "safe", in order."""
+    found = []
+    for statement in RecordingCursor.statements:
+        if statement.startswith("SAVEPOINT plain;"):
+            found.append("plain")
+        if statement.endswith(sql.INSERT_FROM_STAGING_CONFLICT_SAFE):
+            found.append("safe")
+    RecordingCursor.statements = []
+    return found
+
+
+def test_copies_of_message_ids_take_the_conflict_safe_insert_while_they_keep_coming(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The insert expects no conflict. A batch with a copy of an earlier message id fails that
+    statement and is stored by the conflict-safe one (the copy recorded as a duplicate); the next
+    batch starts with the conflict-safe statement, and a batch without copies brings back the plain one."""
+    apply_migrations(settings)
+
+    def recording_connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = connect(*args, **kwargs)
+        conn.cursor_factory = RecordingCursor
+        return conn
+
+    monkeypatch.setattr(writer_module, "connect", recording_connect)
+    key = (settings.kafka_topic, 0)
+
+    def with_id(offset: int, message_id: str) -> MessageRow:
+        return row(offset, json_text='{"msg_id": "%s"}' % message_id, message_id=message_id)
+
+    writer = BatchWriter(settings)
+    try:
+        results = []
+        for batch in ([with_id(0, "a"), with_id(1, "b")], [with_id(2, "a"), with_id(3, "c")], [with_id(4, "d")], [with_id(5, "e")]):
+            results.append(writer.write(Batch(batch, [], {key: batch[-1].kafka_offset + 1})))
+            results.append(_insert_attempts())
+    finally:
+        writer.close()
+    counts = [(r.inserted, r.duplicates_message_id) for r in results[::2]]
+    assert counts == [(2, 0), (1, 1), (1, 0), (1, 0)]
+    assert results[1::2] == [["plain"], ["plain", "safe"], ["safe"], ["plain"]]
+    assert sorted(rows_by_offset(settings)) == [0, 1, 3, 4, 5]
+    assert scalar(settings, "SELECT first_kafka_offset FROM iot.duplicate_messages WHERE kafka_offset = 2") == 0
+    assert scalar(settings, "SELECT count(*) FROM iot.message_ids") == 5
