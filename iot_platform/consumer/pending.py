@@ -1,6 +1,6 @@
 """Records read from Kafka but not yet handed to the database thread (pure: no Kafka or database).
 
-Each message row's COPY line is formatted as the row arrives, on the reading thread, so handing a
+Each message row's COPY tuple is formatted as the row arrives, on the reading thread, so handing a
 batch over costs a join instead of a formatting pass that the database thread would wait for.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iot_platform.consumer.copy_format import copy_line
+from iot_platform.consumer.copy_format import copy_row, wrap
 from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
 
@@ -33,11 +33,11 @@ def row_key(row: Row, messages_topic: str) -> TopicPartitionKey:
 
 
 def make_batch(
-    rows: list[Row], messages_topic: str, copy_lines: list[str] | None = None, expired: tuple[ExpiredRange, ...] = ()
+    rows: list[Row], messages_topic: str, copy_tuples: list[bytes] | None = None, expired: tuple[ExpiredRange, ...] = ()
 ) -> Batch:
-    """The batch of ``rows``: next offset per partition = its highest offset + 1; COPY text included
-    (``copy_lines``: the message rows' lines, in order, when already formatted); ``expired``: the gaps
-    its records move past, recorded in the same transaction."""
+    """The batch of ``rows``: next offset per partition = its highest offset + 1; COPY data included
+    (``copy_tuples``: the message rows' tuples, in order, when already formatted); ``expired``: the
+    gaps its records move past, recorded in the same transaction."""
     messages = [r for r in rows if isinstance(r, MessageRow)]
     letters = [r for r in rows if isinstance(r, DeadLetterRow)]
     next_offsets: dict[TopicPartitionKey, int] = {}
@@ -46,15 +46,15 @@ def make_batch(
         offset = row.kafka_offset + 1
         if offset > next_offsets.get(key, -1):
             next_offsets[key] = offset
-    lines = copy_lines if copy_lines is not None else [copy_line(r) for r in messages]
-    return Batch(messages, letters, next_offsets, "".join(lines).encode(), expired)
+    tuples = copy_tuples if copy_tuples is not None else [copy_row(r) for r in messages]
+    return Batch(messages, letters, next_offsets, wrap(tuples), expired)
 
 
 class PendingBatch:
     def __init__(self, messages_topic: str) -> None:
         self._messages_topic = messages_topic
         self._rows: list[Row] = []
-        self._lines: list[str] = []  # COPY lines of the message rows among self._rows, in order
+        self._tuples: list[bytes] = []  # COPY tuples of the message rows among self._rows, in order
         self._expired: list[ExpiredRange] = []  # gaps the pending records move past
 
     def __len__(self) -> int:
@@ -63,7 +63,7 @@ class PendingBatch:
     def append(self, row: Row) -> None:
         self._rows.append(row)
         if isinstance(row, MessageRow):
-            self._lines.append(copy_line(row))
+            self._tuples.append(copy_row(row))
 
     def add_expired(self, ranges: list[ExpiredRange]) -> None:
         """Gaps found before records now pending: they are recorded with the batch that holds those records."""
@@ -75,7 +75,7 @@ class PendingBatch:
         kept = [(r, row_key(r, self._messages_topic)) for r in self._rows]
         if all(key not in partitions for _, key in kept):
             return
-        self._rows, self._lines = [], []
+        self._rows, self._tuples = [], []
         for row, key in kept:
             if key not in partitions:
                 self.append(row)
@@ -84,6 +84,6 @@ class PendingBatch:
         """The pending records and their batch, leaving nothing pending (None when there is none)."""
         if not self._rows:
             return None
-        rows, lines, expired = self._rows, self._lines, tuple(self._expired)
-        self._rows, self._lines, self._expired = [], [], []
-        return rows, make_batch(rows, self._messages_topic, lines, expired)
+        rows, tuples, expired = self._rows, self._tuples, tuple(self._expired)
+        self._rows, self._tuples, self._expired = [], [], []
+        return rows, make_batch(rows, self._messages_topic, tuples, expired)

@@ -16,7 +16,7 @@ consumer leaves its group and exits 0; 1 if its Kafka client does not close with
 ``IOT_CONSUMER_CLOSE_TIMEOUT_S`` (kafka_client.py), so that a supervisor restarts it.
 
 Threads: the main thread runs this loop: it reads and classifies Kafka records (positions.py drops
-stale copies and finds gaps, records.py classifies) and formats each batch's COPY text as records
+stale copies and finds gaps, records.py classifies) and formats each batch's COPY data as records
 arrive (pending.py); one database thread (write_thread.py) writes. Batch N+1 is collected while
 batch N is written (handed over early, from half a batch, when the database thread would otherwise
 wait; kept open past its wait while the database thread is still busy); N+1 is submitted only once N

@@ -17,7 +17,7 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
+COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
 
 # First occurrence of each (tenant, message id) in the batch (sorted bytewise: equality is the same
 # under any deterministic collation, and "C" skips strcoll) claims the id unless an earlier batch

@@ -176,7 +176,7 @@ class BatchWriter:
         self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, *, top_level: bool,
         with_json: bool = True, data: bytes | None = None,
     ) -> list[DeadLetterRow]:
-        """Insert ``rows`` (``data``: their COPY text, if formatted ahead); returns the dead letters of
+        """Insert ``rows`` (``data``: their COPY data, if formatted ahead); returns the dead letters of
         rows PostgreSQL rejected (bisecting to find them)."""
         if data is None:
             data = copy_format.copy_data(rows, with_json=with_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
@@ -64,6 +65,40 @@ def test_bad_rows_are_isolated_and_the_batch_is_stored(settings: Settings) -> No
     assert stored[150] == (b'{"v": 1e999999999}', True) and stored[0] == (b'{"v": 0}', False)
     assert scalar(settings, "SELECT reason FROM iot.dead_letters WHERE kafka_offset = 17").startswith("rejected by PostgreSQL")
     assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 200
+
+
+def test_every_column_arrives_exactly(settings: Settings) -> None:
+    """The binary COPY path stores what the row holds: text with tabs, newlines, backslashes and
+    non-ASCII characters, every byte value of a payload, device times to the microsecond (before
+    2000 too), receive times to the millisecond at both ends of the range, NULLs, and the jsonb parsed
+    from the payload only when flagged."""
+    apply_migrations(settings, partitions_ahead_days=0)
+    before_2000 = dt.datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.timezone.utc)
+    device_ts = dt.datetime(2026, 12, 1, 22, 45, 1, 123_456, tzinfo=dt.timezone.utc)
+    rows = [
+        MessageRow("t\tw€", "p\\1", "a/b\nc", bytes(range(256)), None, "m\t1", "dev-é", device_ts, NOW_MS, 0, 0),
+        MessageRow("acme", "p1", "a/b", b'{"v": 1.5}', '{"v": 1.5}', None, None, before_2000, 0, 0, 1),
+        MessageRow("acme", "p1", "a/b", b'{"v": 2}', '{"v": 2}', "m2", None, None, 253_402_300_799_999, 0, 2),
+    ]
+    writer = BatchWriter(settings)
+    try:
+        assert writer.write(Batch(rows, [], {(settings.kafka_topic, 0): 3})).inserted == 3
+    finally:
+        writer.close()
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT tenant_id, project_id, mqtt_topic, payload, payload_json, message_id, device_id, device_ts,"
+                        " (extract(epoch FROM received_at) * 1000)::bigint, kafka_partition, kafka_offset"
+                        " FROM iot.messages ORDER BY kafka_offset")
+            stored = [(*r[:3], bytes(r[3]), *r[4:]) for r in cur.fetchall()]
+    finally:
+        conn.close()
+    assert stored == [
+        ("t\tw€", "p\\1", "a/b\nc", bytes(range(256)), None, "m\t1", "dev-é", device_ts, NOW_MS, 0, 0),
+        ("acme", "p1", "a/b", b'{"v": 1.5}', {"v": 1.5}, None, None, before_2000, 0, 0, 1),
+        ("acme", "p1", "a/b", b'{"v": 2}', {"v": 2}, "m2", None, None, 253_402_300_799_999, 0, 2),
+    ]
 
 
 def test_rewritten_batch_adds_nothing(settings: Settings) -> None:

@@ -1,12 +1,13 @@
-"""Consumer classification (record -> message row | dead letter), COPY text format, positions."""
+"""Consumer classification (record -> message row | dead letter), binary COPY format, positions."""
 
 from __future__ import annotations
 
 import datetime as dt
+import struct
 
 import pytest
 
-from iot_platform.consumer.copy_format import STAGING_COLUMNS, copy_line, text, timestamp_ms
+from iot_platform.consumer.copy_format import STAGING_COLUMNS, copy_data, copy_row, timestamp_ms
 from iot_platform.consumer.positions import ExpiredRange, Positions
 from iot_platform.consumer.records import (
     MAX_RECEIVED_AT_MS,
@@ -84,13 +85,68 @@ def test_rejected_row_keeps_coordinates() -> None:
         "consumer", "acme", row.payload, 3, 42, row.received_at_ms)
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(None, "\\N"), ("plain", "plain"), ("a\tb\nc\rd\\e", "a\\tb\\nc\\rd\\\\e"), ("\\N", "\\\\N"), ("é€", "é€")],
-)
-def test_copy_text_escaping(value: str | None, expected: str) -> None:
-    """COPY text format: backslash, tab, newline, CR escaped; NULL is \\N (a literal \\N stays text)."""
-    assert text(value) == expected
+def parse_copy(data: bytes) -> list[list[bytes | None]]:
+    """PostgreSQL's binary COPY format, read field by field (written from its documentation)."""
+    assert data[:11] == b"PGCOPY\n\xff\r\n\x00"
+    flags, extension = struct.unpack_from(">ii", data, 11)
+    assert flags == 0
+    position, tuples = 19 + extension, []
+    while True:
+        (count,) = struct.unpack_from(">h", data, position)
+        position += 2
+        if count == -1:
+            assert position == len(data), "nothing after the trailer"
+            return tuples
+        fields: list[bytes | None] = []
+        for _ in range(count):
+            (length,) = struct.unpack_from(">i", data, position)
+            position += 4
+            fields.append(None if length == -1 else data[position:position + length])
+            position += max(length, 0)
+        tuples.append(fields)
+
+
+def micros_since_2000(instant: dt.datetime) -> int:
+    delta = instant - dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def signed(field: bytes | None) -> int:
+    assert field is not None
+    return int.from_bytes(field, "big", signed=True)
+
+
+def test_copy_tuple_fields() -> None:
+    """One tuple per row, a field per staging column: text as UTF-8 without escapes, the payload's
+    bytes as they are, the jsonb flag (false on request and for a payload that is not storable JSON),
+    NULL as length -1, timestamps as microseconds since 2000 UTC, then the Kafka coordinates."""
+    device_ts = dt.datetime(2026, 1, 1, 2, 3, 4, 567_891, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    row = MessageRow("acmé", "p\t1", "t/x\n€", b"\x00\xff\\N", '{"a": "\\n"}', "m1", None, device_ts, 1000, 2, 7)
+    (fields,) = parse_copy(copy_data([row]))
+    assert len(fields) == len(STAGING_COLUMNS)
+    assert fields[:7] == ["acmé".encode(), b"p\t1", "t/x\n€".encode(), b"\x00\xff\\N", b"\x01", b"m1", None]
+    assert signed(fields[7]) == micros_since_2000(device_ts) and len(fields[7]) == 8
+    assert signed(fields[8]) == micros_since_2000(dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc))
+    assert (signed(fields[9]), len(fields[9])) == (2, 4) and (signed(fields[10]), len(fields[10])) == (7, 8)
+    assert parse_copy(copy_data([row], with_json=False))[0][4] == b"\x00"
+    bare = MessageRow("a", "p", "t", b"", None, None, "d1", None, 0, 0, 0)
+    assert parse_copy(copy_data([bare]))[0][3:8] == [b"", b"\x00", None, b"d1", None]
+
+
+@pytest.mark.parametrize("epoch_ms", [0, 1_700_000_000_123, MAX_RECEIVED_AT_MS])
+def test_receive_times_are_exact(epoch_ms: int) -> None:
+    """Receive times come from integer milliseconds, without float rounding, over the whole range."""
+    row = MessageRow("a", "p", "t", b"x", None, None, None, None, epoch_ms, 0, 0)
+    instant = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=epoch_ms)
+    assert signed(parse_copy(copy_data([row]))[0][8]) == micros_since_2000(instant)
+
+
+def test_copy_data_of_several_rows_and_of_none() -> None:
+    """Tuples follow the header in order; no rows is a header and a trailer."""
+    rows = [MessageRow("a", "p", f"t{i}", bytes([i]), None, None, None, None, 0, 0, i) for i in range(3)]
+    assert [signed(fields[10]) for fields in parse_copy(copy_data(rows))] == [0, 1, 2]
+    assert copy_data(rows) == copy_data(rows[:1]).removesuffix(b"\xff\xff") + copy_row(rows[1]) + copy_row(rows[2]) + b"\xff\xff"
+    assert parse_copy(copy_data([])) == []
 
 
 @pytest.mark.parametrize(
@@ -98,20 +154,8 @@ def test_copy_text_escaping(value: str | None, expected: str) -> None:
     [(0, "1970-01-01 00:00:00.000+00"), (1_700_000_000_123, "2023-11-14 22:13:20.123+00"), (MAX_RECEIVED_AT_MS, "9999-12-31 23:59:59.999+00")],
 )
 def test_timestamp_ms_is_exact(epoch_ms: int, expected: str) -> None:
-    """Receive times are formatted from integer milliseconds, without float rounding."""
+    """Receive times of dead letters (bound parameters) are formatted from integer milliseconds."""
     assert timestamp_ms(epoch_ms) == expected
-
-
-def test_copy_line_fields() -> None:
-    """One tab-separated line per row, bytea as escaped hex; the jsonb column is a flag (the server
-    parses the payload bytes), false on request and for a payload that is not storable JSON."""
-    row = MessageRow("acme", "p1", "t/x", b"\x00\xff", '{"a": "\\n"}', "m1", None, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), 1000, 2, 7)
-    fields = copy_line(row).rstrip("\n").split("\t")
-    assert len(fields) == len(STAGING_COLUMNS)
-    assert fields[:7] == ["acme", "p1", "t/x", "\\\\x00ff", "t", "m1", "\\N"]
-    assert fields[7:] == ["2026-01-01T00:00:00+00:00", "1970-01-01 00:00:01.000+00", "2", "7"]
-    assert copy_line(row, with_json=False).split("\t")[4] == "f"
-    assert copy_line(MessageRow("a", "p", "t", b"x", None, None, None, None, 0, 0, 0)).split("\t")[4] == "f"
 
 
 def test_positions_drop_stale_and_record_forward_gaps_as_expired_ranges() -> None:
