@@ -2,9 +2,8 @@
 
 Each row is one tuple: a field count, then per column a 4-byte length (-1 for NULL) and the value in
 the type's binary form: text as UTF-8, bytea as its bytes, boolean as one byte, timestamptz as
-microseconds since 2000-01-01 UTC (8 bytes), integer and bigint big-endian. The server then parses
-no text: no hex for the payload, no timestamp literals, no escapes (in a private server the COPY took
-about half the backend CPU per row of the text format, docs/benchmarks.md). The jsonb column is a
+microseconds since 2000-01-01 UTC (8 bytes), integer and bigint big-endian. Neither side parses or
+writes text for it: no hex for the payload, no timestamp literals, no escapes. The jsonb column is a
 flag (true: the server parses the payload bytes as jsonb). Receive times come from integer
 milliseconds, so the stored instant is exact.
 """

@@ -25,9 +25,10 @@ COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN W
 # statement's row count). The writer fences replays before this statement (offsets below the
 # stored position never reach it), and a copy of an earlier message id is rare, so both inserts
 # normally run without ON CONFLICT: speculative insertion into iot.messages cost ~8% of the server's
-# CPU per batch, into iot.message_ids about a fifth of the statement's (docs/benchmarks.md). A unique
-# violation (a copy, or a replay the fence did not catch) re-runs the statement with ON CONFLICT DO
-# NOTHING on both; the writer uses that one directly while batches keep bringing copies.
+# CPU per batch, into iot.message_ids about a tenth of PostgreSQL's CPU in the drain
+# (docs/benchmarks.md, "PostgreSQL's insert path"). A unique violation (a copy, or a replay the
+# fence did not catch) re-runs the statement with ON CONFLICT DO NOTHING on both; the writer uses
+# that one directly while batches keep bringing copies.
 _INSERT_FROM_STAGING = """
 WITH firsts AS (
     SELECT DISTINCT ON (tenant_id COLLATE "C", message_id COLLATE "C")

@@ -1,0 +1,117 @@
+"""PostgreSQL's CPU per stored row on the consumer's insert path, and what each stored promise costs.
+
+Starts a private PostgreSQL (stack launcher, temporary directory, removed at the end), applies the
+migrations and writes batches of simulator-like rows (~220-byte JSON with a message id, 12 tenants,
+60 device topics) through the consumer's own `BatchWriter`, one transaction per batch as the
+consumer does. It prints the backend CPU per row (from /proc, the writer's connection only) over the
+measured batches, after a few warm-up batches, and the Python time spent formatting the COPY data.
+
+`--without` measures the same load with one promise taken away, to price it: `jsonb` (payload_json
+NULL: the server parses no JSON), `tenant-index` (no `messages_tenant_project_time`), `rls` (row-level
+security off on the two tables written), `message-id` (rows without a message id: no claim in
+`iot.message_ids`). None of these is a supported configuration; they answer "what would storing
+less save".
+
+Usage: .venv/bin/python benchmarks/insert_path.py [--batch-size 2000] [--batches 40] [--without jsonb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from consumer_throughput import _cpu_seconds as cpu_seconds  # benchmarks/ is the script's directory
+
+from iot_platform.consumer.copy_format import copy_row
+from iot_platform.consumer.pending import make_batch
+from iot_platform.consumer.records import MessageRow
+from iot_platform.consumer.writer import BatchWriter
+from iot_platform.settings import Settings
+from iot_platform.stack.databases import ensure_platform_role_and_databases
+from iot_platform.stack.ports import free_port
+from iot_platform.stack.postgres import PostgresServer
+from iot_platform.storage.db import connect
+from iot_platform.storage.migrate import apply_migrations
+
+WARMUP_BATCHES = 5
+WITHOUT = {
+    "jsonb": None,
+    "tenant-index": "DROP INDEX iot.messages_tenant_project_time",
+    "rls": "ALTER TABLE iot.messages NO FORCE ROW LEVEL SECURITY; ALTER TABLE iot.messages DISABLE ROW LEVEL SECURITY;"
+           " ALTER TABLE iot.message_ids NO FORCE ROW LEVEL SECURITY; ALTER TABLE iot.message_ids DISABLE ROW LEVEL SECURITY",
+    "message-id": None,
+}
+
+
+def make_rows(first_offset: int, count: int, received_at_ms: int, rng: random.Random, *, with_id: bool) -> list[MessageRow]:
+    rows = []
+    device_ts = dt.datetime.fromtimestamp(received_at_ms / 1000, dt.timezone.utc)
+    for offset in range(first_offset, first_offset + count):
+        tenant, device = f"tenant{offset % 12}", f"dev-{offset % 60:03d}"
+        body = {"msg_id": f"run1:{device}:{offset}", "device_id": device, "ts": device_ts.isoformat(),
+                "temperature": round(rng.uniform(10, 30), 3), "humidity": round(rng.uniform(20, 80), 2),
+                "voltage": 3.3, "status": "ok", "seq": offset, "fw": "1.2.3"}
+        text = json.dumps(body, separators=(",", ":"))
+        rows.append(MessageRow(tenant, "p1", f"mtic/msg/client/realtime/{tenant}/p1/{device}", text.encode(), text,
+                               body["msg_id"] if with_id else None, device, device_ts, received_at_ms + offset // 10,
+                               offset % 6, offset // 6))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=40, help="measured batches (after %d warm-up batches)" % WARMUP_BATCHES)
+    parser.add_argument("--without", choices=sorted(WITHOUT), help="price one stored promise (see above)")
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="iot-bench-insert-"))
+        stack.callback(shutil.rmtree, workdir, True)
+        postgres = PostgresServer(workdir / "postgres", free_port())
+        stack.callback(postgres.destroy)
+        postgres.start()
+        settings = Settings(home=workdir / "home", pg_host=postgres.host, pg_port=postgres.port)
+        ensure_platform_role_and_databases(postgres.admin_dsn, settings, settings.pg_database)
+        apply_migrations(settings)
+        if WITHOUT.get(args.without):
+            conn = connect(settings, autocommit=True)
+            with conn.cursor() as cur:
+                cur.execute(WITHOUT[args.without])
+            conn.close()
+        now_ms = int(time.time() * 1000)
+        rng = random.Random(1)
+        rows = [make_rows(b * args.batch_size, args.batch_size, now_ms, rng, with_id=args.without != "message-id")
+                for b in range(WARMUP_BATCHES + args.batches)]
+        started = time.process_time()
+        batches = [make_batch(batch, settings.kafka_topic, [copy_row(r, with_json=args.without != "jsonb") for r in batch])
+                   for batch in rows]
+        formatting_s = time.process_time() - started
+        writer = BatchWriter(settings)
+        stack.callback(writer.close)
+        for batch in batches[:WARMUP_BATCHES]:
+            writer.write(batch)
+        probe = connect(settings, autocommit=True)
+        with probe.cursor() as cur:  # the writer's backend: the only other client of this private server
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'iot-platform' AND pid <> pg_backend_pid()"
+                        " AND backend_type = 'client backend'")
+            (backend,) = [pid for (pid,) in cur.fetchall()]
+        probe.close()
+        before = cpu_seconds(backend)
+        for batch in batches[WARMUP_BATCHES:]:
+            writer.write(batch)
+        measured = args.batches * args.batch_size
+        print(json.dumps({"without": args.without, "batch_size": args.batch_size, "rows_measured": measured,
+                          "backend_us_per_row": round((cpu_seconds(backend) - before) / measured * 1e6, 1),
+                          "copy_format_us_per_row": round(formatting_s / len(batches) / args.batch_size * 1e6, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
