@@ -23,8 +23,8 @@ STAGING_COLUMNS = (
     "device_id", "device_ts", "received_at", "kafka_partition", "kafka_offset",
 )
 # Signature, flags (no OIDs), header extension length; the trailer is a field count of -1.
-HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-TRAILER = struct.pack(">h", -1)
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_TRAILER = struct.pack(">h", -1)
 
 _EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 _EPOCH_2000_MS = 946_684_800_000
@@ -69,7 +69,7 @@ def copy_data(rows: Iterable[MessageRow], *, with_json: bool = True) -> bytes:
 
 def wrap(tuples: list[bytes]) -> bytes:
     """The COPY input of tuples formatted one by one (``copy_row``)."""
-    return b"".join((HEADER, *tuples, TRAILER))
+    return b"".join((_HEADER, *tuples, _TRAILER))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -2,18 +2,19 @@
 
 Guarantee (exactly-once effect): the rows of a batch and the ``iot.ingest_offsets`` positions after
 it commit atomically, together with the offset ranges it moves past that Kafka's retention deleted
-before they were read (``iot.expired_offsets``: a recorded loss, never a silent one). Inside the transaction each partition's offset row is locked and records
-below the stored position are skipped, so a batch written twice (a retry after a commit whose
-outcome was lost, a zombie consumer after a rebalance) adds nothing. Rows go through COPY into a
-temporary staging table, then one INSERT; a payload message id seen before for the same tenant
-(``iot.message_ids``) turns the row into an ``iot.duplicate_messages`` entry. That INSERT expects no
-conflict; a unique violation (a copy of an earlier message id, or a replay that slipped past the
-fence) re-runs it with ``ON CONFLICT DO NOTHING``, and while batches keep bringing copies the
-writer starts with that statement (the failed attempt is logged as an error by the server); likewise a bridge dead letter whose MQTT
-topic and message id were dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is isolated by
-bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
-batch is stored. Infrastructure errors propagate after a rollback (and the connection is dropped):
-nothing of the batch, offsets included, is stored.
+before they were read (``iot.expired_offsets``: a recorded loss, never a silent one). Inside the
+transaction each partition's offset row is locked and records below the stored position are skipped,
+so a batch written twice (a retry after a commit whose outcome was lost, a zombie consumer after a
+rebalance) adds nothing. Rows go through COPY into a temporary staging table, then one INSERT; a
+payload message id seen before for the same tenant (``iot.message_ids``) turns the row into an
+``iot.duplicate_messages`` entry. That INSERT expects no conflict: a unique violation (a copy of an
+earlier message id, or a replay that slipped past the fence) re-runs it with ``ON CONFLICT DO
+NOTHING``, and after a batch that held copies the writer starts with that statement (the server logs
+each failed attempt as an error). Likewise a bridge dead letter whose MQTT topic and message id were
+dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is
+isolated by bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest
+of the batch is stored. Infrastructure errors propagate after a rollback (and the connection is
+dropped): nothing of the batch, offsets included, is stored.
 """
 
 from __future__ import annotations
@@ -188,11 +189,10 @@ class BatchWriter:
             if inserted < len(rows):  # some row is a copy (or a replay)
                 cur.execute(sql.INSERT_DUPLICATES)
                 duplicates = cur.rowcount
-            if top_level:
+            if top_level:  # the savepoint stays open: the commit releases it, one round trip fewer
                 self._copies_expected = duplicates > 0
-            if not top_level:  # later bisection steps reuse the staging table in this transaction
+            else:  # later bisection steps reuse the staging table in this transaction
                 cur.execute("TRUNCATE ingest_staging; RELEASE SAVEPOINT rows")
-            # At the top level the savepoint stays open: the commit releases it, one round trip fewer.
         except (psycopg2.Error, ValueError) as exc:
             if isinstance(exc, psycopg2.Error) and is_infrastructure_error(exc):
                 raise

@@ -204,23 +204,27 @@ def test_racing_writers_on_one_partition_store_each_record_once(settings: Settin
     assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 200
 
 
-class RecordingCursor(psycopg2.extensions.cursor):
-    statements: list[str] = []
+def _recording_connect(statements: list[str]):  # type: ignore[no-untyped-def]
+    """storage.db.connect, with every statement its cursors execute appended to ``statements``."""
 
-    def execute(self, query, vars=None):  # type: ignore[no-untyped-def, override]
-        RecordingCursor.statements.append(query if isinstance(query, str) else query.decode())  # execute_values sends bytes
-        return super().execute(query, vars)
+    class RecordingCursor(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):  # type: ignore[no-untyped-def, override]
+            statements.append(query if isinstance(query, str) else query.decode())  # execute_values sends bytes
+            return super().execute(query, vars)
+
+    def recording_connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = connect(*args, **kwargs)
+        conn.cursor_factory = RecordingCursor
+        return conn
+
+    return recording_connect
 
 
-def _insert_attempts() -> list[str]:
-    """The insert statements of the batches written so far: "plain" and/or "safe", in order."""
-    found = []
-    for statement in RecordingCursor.statements:
-        if statement.startswith("SAVEPOINT plain;"):
-            found.append("plain")
-        if statement.endswith(sql.INSERT_FROM_STAGING_CONFLICT_SAFE):
-            found.append("safe")
-    RecordingCursor.statements = []
+def _insert_attempts(statements: list[str]) -> list[str]:
+    """The insert statements among ``statements``: "plain" and/or "safe", in order; empties the list."""
+    found = ["plain" if s.startswith("SAVEPOINT plain;") else "safe" for s in statements
+             if s.startswith("SAVEPOINT plain;") or s.endswith(sql.INSERT_FROM_STAGING_CONFLICT_SAFE)]
+    statements.clear()
     return found
 
 
@@ -229,13 +233,8 @@ def test_copies_of_message_ids_take_the_conflict_safe_insert_while_they_keep_com
     statement and is stored by the conflict-safe one (the copy recorded as a duplicate); the next
     batch starts with the conflict-safe statement, and a batch without copies brings back the plain one."""
     apply_migrations(settings)
-
-    def recording_connect(*args, **kwargs):  # type: ignore[no-untyped-def]
-        conn = connect(*args, **kwargs)
-        conn.cursor_factory = RecordingCursor
-        return conn
-
-    monkeypatch.setattr(writer_module, "connect", recording_connect)
+    statements: list[str] = []
+    monkeypatch.setattr(writer_module, "connect", _recording_connect(statements))
     key = (settings.kafka_topic, 0)
 
     def with_id(offset: int, message_id: str) -> MessageRow:
@@ -243,15 +242,15 @@ def test_copies_of_message_ids_take_the_conflict_safe_insert_while_they_keep_com
 
     writer = BatchWriter(settings)
     try:
-        results = []
+        counts, attempts = [], []
         for batch in ([with_id(0, "a"), with_id(1, "b")], [with_id(2, "a"), with_id(3, "c")], [with_id(4, "d")], [with_id(5, "e")]):
-            results.append(writer.write(Batch(batch, [], {key: batch[-1].kafka_offset + 1})))
-            results.append(_insert_attempts())
+            result = writer.write(Batch(batch, [], {key: batch[-1].kafka_offset + 1}))
+            counts.append((result.inserted, result.duplicates_message_id))
+            attempts.append(_insert_attempts(statements))
     finally:
         writer.close()
-    counts = [(r.inserted, r.duplicates_message_id) for r in results[::2]]
     assert counts == [(2, 0), (1, 1), (1, 0), (1, 0)]
-    assert results[1::2] == [["plain"], ["plain", "safe"], ["safe"], ["plain"]]
+    assert attempts == [["plain"], ["plain", "safe"], ["safe"], ["plain"]]
     assert sorted(rows_by_offset(settings)) == [0, 1, 3, 4, 5]
     assert scalar(settings, "SELECT first_kafka_offset FROM iot.duplicate_messages WHERE kafka_offset = 2") == 0
     assert scalar(settings, "SELECT count(*) FROM iot.message_ids") == 5
