@@ -66,9 +66,13 @@ class OutboundRecord:
     dead_letter_reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RecordRules:
-    """Everything record building depends on, taken once from the settings."""
+    """Everything record building depends on, taken once from the settings.
+
+    Compared and hashed by identity (``eq=False``): it is part of the key of every record's template
+    lookup, and a dataclass's generated ``__hash__`` hashes all seven fields on each call.
+    """
 
     grammar: TopicGrammar
     messages_topic: str
