@@ -35,7 +35,7 @@ from iot_platform.bridge.metrics import BridgeStats
 from iot_platform.core.records import InboundMessage, OutboundRecord
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message (core/records.py, InboundMessage)
 class InFlightMessage:
     """One received message on its way to Kafka, until it is acked or its ack is discarded.
 

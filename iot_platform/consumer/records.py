@@ -36,7 +36,7 @@ class ConsumedRecord:
     timestamp_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message (core/records.py, InboundMessage)
 class MessageRow:
     tenant_id: str
     project_id: str

@@ -41,7 +41,10 @@ HEADER_OVERHEAD_BYTES = 10
 KeyMode = Literal["device", "tenant", "tenant_project"]
 
 
-@dataclass(frozen=True, slots=True)
+# Per-message records are plain slotted dataclasses, never assigned to after construction, and not
+# frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, 1.2 µs against
+# 0.3 for seven fields, and the bridge builds three of these per message (the consumer one MessageRow).
+@dataclass(slots=True)
 class InboundMessage:
     """One MQTT message as the bridge received it."""
 
@@ -52,7 +55,7 @@ class InboundMessage:
     received_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message (see InboundMessage)
 class OutboundRecord:
     """What to produce; ``dead_letter_reason`` is None for a good message."""
 
@@ -63,9 +66,13 @@ class OutboundRecord:
     dead_letter_reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class RecordRules:
-    """Everything record building depends on, taken once from the settings."""
+    """Everything record building depends on, taken once from the settings.
+
+    Compared and hashed by identity (``eq=False``): it is part of the key of every record's template
+    lookup, and a dataclass's generated ``__hash__`` hashes all seven fields on each call.
+    """
 
     grammar: TopicGrammar
     messages_topic: str

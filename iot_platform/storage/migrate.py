@@ -93,6 +93,7 @@ def apply_migrations(settings: Settings, *, partitions_ahead_days: int = 3, dire
             log.info("migration applied", extra={"migration": migration.name})
         if _messages_table_exists(conn):
             ensure_partitions(conn, partitions_ahead_days)
+        _warn_unless_bytewise_collation(conn)
         return applied
     except BaseException:
         with contextlib.suppress(psycopg2.Error):
@@ -105,6 +106,23 @@ def apply_migrations(settings: Settings, *, partitions_ahead_days: int = 3, dire
                 cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATIONS_LOCK_KEY,))
             conn.commit()
         conn.close()
+
+
+def _warn_unless_bytewise_collation(conn: psycopg2.extensions.connection) -> None:
+    """PostgreSQL compares text bytewise only under collation "C" (or "POSIX"); any other, C.UTF-8
+    included, sends every comparison in the message-id and tenant B-trees through the C library's
+    strcoll, which costs the consumer's inserts CPU on every row (docs/design.md §11). The database's
+    collation is fixed when it is created, so this can only be said, not mended."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+        (collation,) = cur.fetchone()
+    conn.commit()
+    if collation not in ("C", "POSIX"):
+        log.warning(
+            "the database's collation is not C: text keys compare through the C library, at a CPU cost on every "
+            "stored row; create the database with LC_COLLATE 'C' (CloudNativePG's default; docs/design.md §11)",
+            extra={"collation": collation},
+        )
 
 
 def _messages_table_exists(conn: psycopg2.extensions.connection) -> bool:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
+from psycopg2 import sql
 import pytest
 
 from iot_platform.settings import Settings
+from iot_platform.stack.databases import drop_database
+from iot_platform.stack.postgres import PostgresServer
 from iot_platform.storage.db import connect
 from iot_platform.storage.migrate import apply_migrations, ensure_day_partitions, ensure_partitions, load_migrations
 
@@ -97,3 +101,39 @@ def test_the_insert_path_maintains_only_the_indexes_it_needs(settings: Settings)
         ("messages", "messages_tenant_project_time"),  # a tenant's (and project's) rows by time
     ]
     assert "USING brin" in found[("message_ids", "message_ids_received_at_brin")]
+
+
+def test_the_platform_database_compares_text_bytewise(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The embedded server's databases have collation C (stack/postgres.py): migrating one says nothing."""
+    with caplog.at_level(logging.WARNING, logger="iot_platform.storage.migrate"):
+        apply_migrations(settings)
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+        assert cur.fetchone() == ("C",)
+    conn.close()
+    assert not [r for r in caplog.records if "collation" in r.getMessage()]
+
+
+def test_migrating_a_database_with_another_collation_says_what_it_costs(
+    settings: Settings, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database created under a C library collation (C.UTF-8 here, a distribution's en_US.UTF-8
+    elsewhere) works, and migrating it warns once, naming the collation and the fix."""
+    other = settings.model_copy(update={"pg_database": f"{settings.pg_database}_utf8"})
+    admin = psycopg2.connect(postgres_server.admin_dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 LC_COLLATE 'C.UTF-8'").format(
+                    sql.Identifier(other.pg_database), sql.Identifier(other.pg_user)
+                )
+            )
+        with caplog.at_level(logging.WARNING, logger="iot_platform.storage.migrate"):
+            assert apply_migrations(other) == [m.name for m in load_migrations()]
+        warnings = [r for r in caplog.records if "collation" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].collation == "C.UTF-8"  # type: ignore[attr-defined]
+        assert "LC_COLLATE 'C'" in warnings[0].getMessage()
+    finally:
+        admin.close()
+        drop_database(postgres_server.admin_dsn, other.pg_database)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+import random
 
-from iot_platform.bridge.metrics import BridgeMetrics, BridgeStats, LiveState, histogram_quantile
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from iot_platform.bridge.metrics import LATENCY_BUCKETS_S, BridgeMetrics, BridgeStats, LiveState, histogram_quantile
 
 
 @pytest.mark.parametrize(
@@ -62,3 +64,24 @@ def test_every_bridge_metric_is_exposed_and_counters_follow_the_plain_counts() -
         "iot_bridge_delivery_latency_seconds_count 3.0",
     ]:
         assert line in text, line
+
+
+def test_the_lock_free_latency_histogram_exposes_what_prometheus_clients_would() -> None:
+    """Bucket bounds inclusive, +Inf, count and sum: line for line what a prometheus_client Histogram
+    with the same buckets exposes for the same observations (it adds only its `_created` time)."""
+    metrics = BridgeMetrics(CollectorRegistry())
+    reference = CollectorRegistry()
+    histogram = Histogram("iot_bridge_delivery_latency_seconds", "From MQTT receipt to Kafka confirmation.",
+                          buckets=LATENCY_BUCKETS_S, registry=reference)
+    rng = random.Random(15)
+    observations = [0.0, *LATENCY_BUCKETS_S, 1e9] + [rng.expovariate(20) for _ in range(2_000)]
+    for seconds in observations:
+        metrics.delivery_latency.observe(seconds)
+        histogram.observe(seconds)
+
+    def latency_lines(registry: CollectorRegistry) -> set[str]:
+        return {line for line in generate_latest(registry).decode().splitlines() if "delivery_latency" in line}
+
+    ours, theirs = latency_lines(metrics.registry), latency_lines(reference)
+    assert ours == {line for line in theirs if "_created" not in line}
+    assert f'iot_bridge_delivery_latency_seconds_count {float(len(observations))}' in ours
