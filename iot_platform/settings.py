@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=900_000, gt=0, description="Larger payloads go to the dead-letter topic.")
     stall_timeout_s: float = Field(default=120.0, gt=0, description="Connected but nothing received for this long: log a stall.")
     bridge_id: str = Field(default_factory=_default_bridge_id, description="Bridge identity written in every record's headers.")
+    bridge_envelope_format: Literal["1", "2"] = Field(default="2", description="Headers of the records the bridge writes: 2 (three headers, the envelope packed in one) or 1 (eight headers), for a rolling upgrade while consumers older than format 2 still run (docs/deploy.md).")
     mqtt_protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT version of the bridge: 5 (session expiry, receive maximum) or 3.1.1 (clean_session=false).")
     bridge_reconnect_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest (jittered) wait between reconnects and delivery retries of the bridge.")
     mqtt_client_path: Literal["auto", "public"] = Field(default="auto", description="auto: the bridge's fast paho path when paho-mqtt is the version it was written for (2.2.0), else paho's public API; public: always the public API (slower, same guarantees).")

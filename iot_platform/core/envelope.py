@@ -3,6 +3,19 @@
 A record's value is always the MQTT payload, byte for byte. Everything else the consumer needs
 travels in headers, so the payload is never re-encoded. This module is pure (no Kafka import):
 headers are ``list[tuple[str, bytes]]`` as confluent-kafka produces and consumes them.
+
+Two formats of a good record's headers, told apart by ``format_version``; the consumer reads both:
+
+- ``2`` (what the bridge writes by default): ``format_version``, ``envelope`` (topic, tenant,
+  project, QoS, retain flag and bridge id, UTF-8, separated by NUL characters, which none of them
+  may contain) and ``received_at_ms``. Three headers instead of eight: each header costs the bridge
+  and the consumer a tuple per record, and the consumer's envelope cache hashes one value, not seven.
+- ``1``: one header per field (the names below). A bridge writes it when told to
+  (``IOT_BRIDGE_ENVELOPE_FORMAT=1``: a rolling upgrade while consumers that read only format 1 still
+  run), and for an envelope with a NUL in a field, which format 2 cannot carry (its consumer-side
+  decoder rejects it, as it always has).
+
+Dead letters keep format 1: they are rare, and other tools read them.
 """
 
 from __future__ import annotations
@@ -10,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # what a bridge writes unless told otherwise
+FORMAT_VERSIONS = ("1", "2")  # what a consumer reads
+_DEAD_LETTER_FORMAT = "1"
 
 # Header names: the stable contract between bridge and consumer.
 H_MQTT_TOPIC = "mqtt_topic"
@@ -21,6 +36,7 @@ H_RETAIN = "mqtt_retain"
 H_RECEIVED_AT_MS = "received_at_ms"
 H_BRIDGE_ID = "bridge_id"
 H_FORMAT = "format_version"
+H_ENVELOPE = "envelope"  # format 2: the fields below, NUL-separated
 H_REASON = "reason"
 H_ORIGINAL_SIZE = "original_size"
 H_TRUNCATED = "truncated"
@@ -57,7 +73,22 @@ class DeadLetterEnvelope:
     truncated: bool
 
 
-def encode_envelope(envelope: Envelope) -> Headers:
+_SEPARATOR = "\x00"
+
+
+def encode_envelope(envelope: Envelope, version: str = FORMAT_VERSION) -> Headers:
+    """The headers of a good record in format ``version`` (1 whenever a field holds a NUL)."""
+    if version not in FORMAT_VERSIONS:
+        raise ValueError(f"unknown envelope format {version!r}: one of {', '.join(FORMAT_VERSIONS)}")
+    if version == "2":
+        fields = (envelope.mqtt_topic, envelope.tenant_id, envelope.project_id, str(envelope.qos),
+                  "1" if envelope.retain else "0", envelope.bridge_id)
+        if not any(_SEPARATOR in field for field in fields):
+            return [
+                (H_FORMAT, b"2"),
+                (H_ENVELOPE, _SEPARATOR.join(fields).encode()),
+                (H_RECEIVED_AT_MS, str(envelope.received_at_ms).encode()),
+            ]
     return [
         (H_MQTT_TOPIC, envelope.mqtt_topic.encode()),
         (H_TENANT, envelope.tenant_id.encode()),
@@ -66,7 +97,7 @@ def encode_envelope(envelope: Envelope) -> Headers:
         (H_RETAIN, b"1" if envelope.retain else b"0"),
         (H_RECEIVED_AT_MS, str(envelope.received_at_ms).encode()),
         (H_BRIDGE_ID, envelope.bridge_id.encode()),
-        (H_FORMAT, FORMAT_VERSION.encode()),
+        (H_FORMAT, b"1"),
     ]
 
 
@@ -79,7 +110,7 @@ def encode_dead_letter(envelope: DeadLetterEnvelope) -> Headers:
         (H_BRIDGE_ID, envelope.bridge_id.encode()),
         (H_ORIGINAL_SIZE, str(envelope.original_size).encode()),
         (H_TRUNCATED, b"1" if envelope.truncated else b"0"),
-        (H_FORMAT, FORMAT_VERSION.encode()),
+        (H_FORMAT, _DEAD_LETTER_FORMAT.encode()),
     ]
 
 
@@ -101,18 +132,23 @@ def _text(values: Mapping[str, bytes | None], name: str) -> str:
 
 
 def _int(values: Mapping[str, bytes | None], name: str) -> int:
-    text = _text(values, name)
+    return _integer(_text(values, name), f"header {name!r}")
+
+
+def _integer(text: str, what: str) -> int:
     try:
         return int(text)
     except ValueError as exc:
-        raise EnvelopeError(f"header {name!r} is not an integer: {text[:40]!r}") from exc
+        raise EnvelopeError(f"{what} is not an integer: {text[:40]!r}") from exc
 
 
 def decode_envelope(headers: Iterable[tuple[str, bytes | None]] | None) -> Envelope:
     """Headers of a good record -> Envelope; raises EnvelopeError on anything malformed."""
     values = _as_mapping(headers)
     version = _text(values, H_FORMAT)
-    if version != FORMAT_VERSION:
+    if version == "2":
+        return _decode_packed(values)
+    if version != "1":
         raise EnvelopeError(f"unsupported format_version {version!r}")
     return Envelope(
         mqtt_topic=_text(values, H_MQTT_TOPIC),
@@ -123,6 +159,22 @@ def decode_envelope(headers: Iterable[tuple[str, bytes | None]] | None) -> Envel
         received_at_ms=_int(values, H_RECEIVED_AT_MS),
         bridge_id=_text(values, H_BRIDGE_ID),
     )
+
+
+def _decode_packed(values: Mapping[str, bytes | None]) -> Envelope:
+    raw = values.get(H_ENVELOPE)
+    if raw is None:
+        raise EnvelopeError(f"header {H_ENVELOPE!r} is missing")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(f"header {H_ENVELOPE!r} is not UTF-8") from exc
+    fields = text.split(_SEPARATOR)
+    if len(fields) != 6:
+        raise EnvelopeError(f"header {H_ENVELOPE!r} has {len(fields)} fields, not 6")
+    topic, tenant_id, project_id, qos, retain, bridge_id = fields
+    return Envelope(topic, tenant_id, project_id, _integer(qos, "the envelope's QoS"), retain == "1",
+                    _int(values, H_RECEIVED_AT_MS), bridge_id)
 
 
 def decode_dead_letter(headers: Iterable[tuple[str, bytes | None]] | None) -> DeadLetterEnvelope:

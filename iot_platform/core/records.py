@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from iot_platform.core.envelope import (
+    FORMAT_VERSION,
     H_RECEIVED_AT_MS,
     DeadLetterEnvelope,
     Envelope,
@@ -81,6 +82,7 @@ class RecordRules:
     max_payload_bytes: int
     max_message_bytes: int
     bridge_id: str
+    envelope_format: str = FORMAT_VERSION
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecordRules:
@@ -92,6 +94,7 @@ class RecordRules:
             max_payload_bytes=settings.max_payload_bytes,
             max_message_bytes=settings.kafka_max_message_bytes,
             bridge_id=settings.bridge_id,
+            envelope_format=settings.bridge_envelope_format,
         )
 
 
@@ -117,7 +120,7 @@ def _good_template(rules: RecordRules, topic: str, qos: int, retain: bool) -> tu
     if isinstance(parsed, Rejection):
         return parsed
     envelope = Envelope(topic, parsed.tenant_id, parsed.project_id, qos, retain, 0, rules.bridge_id)
-    headers = [header for header in encode_envelope(envelope) if header[0] != H_RECEIVED_AT_MS]
+    headers = [header for header in encode_envelope(envelope, rules.envelope_format) if header[0] != H_RECEIVED_AT_MS]
     return record_key(topic, parsed, rules.key_mode, rules.grammar.prefix), headers
 
 
