@@ -1,11 +1,12 @@
-"""Rows in PostgreSQL's binary COPY format (pure), for the consumer's staging table.
+"""Rows in PostgreSQL's binary COPY format (pure): message rows, and the message ids they claim.
 
 Each row is one tuple: a field count, then per column a 4-byte length (-1 for NULL) and the value in
-the type's binary form: text as UTF-8, bytea as its bytes, boolean as one byte, timestamptz as
-microseconds since 2000-01-01 UTC (8 bytes), integer and bigint big-endian. Neither side parses or
-writes text for it: no hex for the payload, no timestamp literals, no escapes. The jsonb column is a
-flag (true: the server parses the payload bytes as jsonb). Receive times come from integer
-milliseconds, so the stored instant is exact.
+the type's binary form: text as UTF-8, bytea as its bytes, jsonb as a version byte (1) and the JSON
+text, timestamptz as microseconds since 2000-01-01 UTC (8 bytes), integer and bigint big-endian.
+Neither side writes or parses text for anything but the jsonb: no hex for the payload, no timestamp
+literals, no escapes. When the payload is storable JSON, its jsonb text is exactly the payload's
+bytes, so no JSON is re-encoded either. Receive times come from integer milliseconds, so the stored
+instant is exact.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from collections.abc import Iterable
 
 from iot_platform.consumer.records import MessageRow
 
-STAGING_COLUMNS = (
-    "tenant_id", "project_id", "mqtt_topic", "payload", "payload_is_json", "message_id",
+# The columns of iot.messages the consumer writes (ingested_at takes its default), in COPY order.
+MESSAGE_COLUMNS = (
+    "tenant_id", "project_id", "mqtt_topic", "payload", "payload_json", "message_id",
     "device_id", "device_ts", "received_at", "kafka_partition", "kafka_offset",
 )
+# The claim of a row's message id in iot.message_ids.
+ID_COLUMNS = ("tenant_id", "message_id", "received_at", "kafka_partition", "kafka_offset")
 # Signature, flags (no OIDs), header extension length; the trailer is a field count of -1.
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
@@ -33,7 +37,7 @@ _LENGTH = struct.Struct(">i").pack
 _TIMESTAMP = struct.Struct(">iq").pack
 _TAIL = struct.Struct(">iqiiiq").pack  # received_at, kafka_partition, kafka_offset: length and value each
 _NULL = _LENGTH(-1)
-_TRUE, _FALSE = _LENGTH(1) + b"\x01", _LENGTH(1) + b"\x00"
+_JSONB_VERSION = b"\x01"
 
 
 def _text(value: str) -> bytes:
@@ -44,22 +48,45 @@ def _text(value: str) -> bytes:
 @functools.lru_cache(maxsize=4096)
 def _prefix(tenant_id: str, project_id: str, mqtt_topic: str) -> bytes:
     """Field count and the first three columns: the same for every message of one device topic."""
-    return struct.pack(">h", len(STAGING_COLUMNS)) + _text(tenant_id) + _text(project_id) + _text(mqtt_topic)
+    return struct.pack(">h", len(MESSAGE_COLUMNS)) + _text(tenant_id) + _text(project_id) + _text(mqtt_topic)
 
 
 def copy_row(row: MessageRow, *, with_json: bool = True) -> bytes:
-    """One staging-table tuple for ``row``; ``with_json=False`` stores jsonb NULL."""
+    """One iot.messages tuple for ``row``; ``with_json=False`` stores jsonb NULL."""
     # Hot path (once per record): the NULL tests inlined rather than a helper call per field.
     payload, message_id, device_id, device_ts = row.payload, row.message_id, row.device_id, row.device_ts
+    size = len(payload)
+    if with_json and row.json_text is not None:
+        json_head, json_body = _LENGTH(size + 1) + _JSONB_VERSION, payload
+    else:
+        json_head, json_body = _NULL, b""
     return b"".join((
         _prefix(row.tenant_id, row.project_id, row.mqtt_topic),
-        _LENGTH(len(payload)), payload,
-        _TRUE if with_json and row.json_text is not None else _FALSE,
+        _LENGTH(size), payload,
+        json_head, json_body,
         _NULL if message_id is None else _text(message_id),
         _NULL if device_id is None else _text(device_id),
         _NULL if device_ts is None else _TIMESTAMP(8, (device_ts - _EPOCH_2000) // _MICROSECOND),
         _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset),
     ))
+
+
+@functools.lru_cache(maxsize=4096)
+def _id_prefix(tenant_id: str) -> bytes:
+    return struct.pack(">h", len(ID_COLUMNS)) + _text(tenant_id)
+
+
+def id_row(row: MessageRow) -> bytes:
+    """The iot.message_ids tuple of ``row``'s claim (``row`` has a message id)."""
+    return b"".join((
+        _id_prefix(row.tenant_id), _text(row.message_id),
+        _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset),
+    ))
+
+
+def id_data(rows: Iterable[MessageRow]) -> bytes:
+    """The COPY input of the claims of those ``rows`` that have a message id."""
+    return wrap([id_row(r) for r in rows if r.message_id is not None])
 
 
 def copy_data(rows: Iterable[MessageRow], *, with_json: bool = True) -> bytes:

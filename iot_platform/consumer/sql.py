@@ -1,35 +1,56 @@
-"""The consumer's SQL statements (all values bound; the only identifiers are fixed schema names)."""
+"""The consumer's SQL statements (all values bound; identifiers are fixed schema names, and a day
+partition's name composed with ``psycopg2.sql.Identifier``)."""
 
-from iot_platform.consumer.copy_format import STAGING_COLUMNS
+from psycopg2 import sql
+
+from iot_platform.consumer.copy_format import ID_COLUMNS, MESSAGE_COLUMNS
 
 # The staging table has no statistics, so the planner's cost estimate of a 10,000-row insert is far
 # above jit_above_cost: LLVM compilation then took 1.2-1.5 s of every batch's ~1.7 s. Never worth it
 # for these statements.
 SESSION_SETUP = "SET jit = off"
 
-# payload_json is not sent: when the payload is storable JSON, its jsonb text is exactly the payload
-# decoded, so COPY carries the bytes once and a flag, and PostgreSQL parses the jsonb from them.
+# The fast path (no copy of an earlier message id expected): the claims are copied into ingest_ids
+# and inserted from there (COPY is refused on iot.message_ids, which is under row-level security),
+# and the rows are copied straight into their day partition (a partition has no policies of its
+# own; iot_ingest holds INSERT on each, migration 080). COPY into the table itself inserts a page of
+# rows at a time (one WAL record per page, no executor per row): PostgreSQL's CPU per row fell by
+# about 15% against COPY into a staging table and INSERT ... SELECT (docs/benchmarks.md, "Rows copied
+# into their partition"). ingest_staging, with the columns of iot.messages, serves the statement
+# that handles copies and replays.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
-    tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_is_json boolean,
+    tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_json jsonb,
     message_id text, device_id text, device_ts timestamptz, received_at timestamptz,
     kafka_partition integer, kafka_offset bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ingest_ids (
+    tenant_id text, message_id text, received_at timestamptz, kafka_partition integer, kafka_offset bigint
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_STAGING = f"COPY ingest_staging ({', '.join(STAGING_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
+COPY_STAGING = f"COPY ingest_staging ({', '.join(MESSAGE_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
+COPY_IDS = f"COPY ingest_ids ({', '.join(ID_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
+# No ON CONFLICT: a unique violation sends the batch to INSERT_FROM_STAGING.
+CLAIM_IDS = f"INSERT INTO iot.message_ids ({', '.join(ID_COLUMNS)}) SELECT {', '.join(ID_COLUMNS)} FROM ingest_ids"
+EMPTY_STAGING = "TRUNCATE ingest_staging, ingest_ids"
 
-# First occurrence of each (tenant, message id) in the batch (sorted bytewise: equality is the same
-# under any deterministic collation, and "C" skips strcoll) claims the id unless an earlier batch
-# did; rows without an id, or whose id was claimed by this very record, become messages (the
-# statement's row count). The writer fences replays before this statement (offsets below the
-# stored position never reach it), and a copy of an earlier message id is rare, so both inserts
-# normally run without ON CONFLICT: speculative insertion into iot.messages cost ~8% of the server's
-# CPU per batch, into iot.message_ids about a tenth of PostgreSQL's CPU in the drain
-# (docs/benchmarks.md, "PostgreSQL's insert path"). A unique violation (a copy, or a replay the
-# fence did not catch) re-runs the statement with ON CONFLICT DO NOTHING on both; the writer uses
-# that one directly while batches keep bringing copies.
-_INSERT_FROM_STAGING = """
+
+def copy_into_partition(partition: str) -> sql.Composed:
+    """COPY of message rows into ``partition`` (``iot.messages_pYYYYMMDD``, as iot.ensure_messages_partition names it)."""
+    schema, table = partition.split(".")
+    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(
+        sql.Identifier(schema, table), sql.SQL(", ").join(map(sql.Identifier, MESSAGE_COLUMNS)))
+
+
+# Copies and replays: a batch whose fast path met a unique violation (a copy of an earlier message
+# id, two copies inside the batch, a replay the offset fence did not catch), or that follows a batch
+# with copies, is staged in ingest_staging and inserted by this statement. The first occurrence of
+# each (tenant, message id) in the batch (sorted bytewise: equality is the same under any
+# deterministic collation, and "C" skips strcoll) claims the id unless an earlier batch did; rows
+# without an id, or whose id was claimed by this very record, become messages (the statement's row
+# count).
+INSERT_FROM_STAGING = """
 WITH firsts AS (
     SELECT DISTINCT ON (tenant_id COLLATE "C", message_id COLLATE "C")
            tenant_id, message_id, received_at, kafka_partition, kafka_offset
@@ -38,21 +59,18 @@ WITH firsts AS (
 ), claimed AS (
     INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)
     SELECT tenant_id, message_id, received_at, kafka_partition, kafka_offset FROM firsts
-    {on_conflict}
+    ON CONFLICT DO NOTHING
     RETURNING kafka_partition, kafka_offset
 )
 INSERT INTO iot.messages (tenant_id, project_id, mqtt_topic, payload, payload_json, message_id,
                           device_id, device_ts, received_at, kafka_partition, kafka_offset)
-SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload,
-       CASE WHEN s.payload_is_json THEN convert_from(s.payload, 'UTF8')::jsonb END, s.message_id,
+SELECT s.tenant_id, s.project_id, s.mqtt_topic, s.payload, s.payload_json, s.message_id,
        s.device_id, s.device_ts, s.received_at, s.kafka_partition, s.kafka_offset
 FROM ingest_staging s
 WHERE s.message_id IS NULL
    OR EXISTS (SELECT 1 FROM claimed c WHERE c.kafka_partition = s.kafka_partition AND c.kafka_offset = s.kafka_offset)
-{on_conflict}
+ON CONFLICT DO NOTHING
 """
-INSERT_FROM_STAGING = _INSERT_FROM_STAGING.format(on_conflict="")
-INSERT_FROM_STAGING_CONFLICT_SAFE = _INSERT_FROM_STAGING.format(on_conflict="ON CONFLICT DO NOTHING")
 
 # Run only when fewer rows were inserted than staged (some row is a copy, or a replay). Every claim
 # of this batch is in iot.message_ids by now, so a row with an id is a copy unless the claim there is

@@ -5,16 +5,17 @@ it commit atomically, together with the offset ranges it moves past that Kafka's
 before they were read (``iot.expired_offsets``: a recorded loss, never a silent one). Inside the
 transaction each partition's offset row is locked and records below the stored position are skipped,
 so a batch written twice (a retry after a commit whose outcome was lost, a zombie consumer after a
-rebalance) adds nothing. Rows go through COPY into a temporary staging table, then one INSERT; a
-payload message id seen before for the same tenant (``iot.message_ids``) turns the row into an
-``iot.duplicate_messages`` entry. That INSERT expects no conflict: a unique violation (a copy of an
-earlier message id, or a replay that slipped past the fence) re-runs it with ``ON CONFLICT DO
-NOTHING``, and after a batch that held copies the writer starts with that statement (the server logs
-each failed attempt as an error). Likewise a bridge dead letter whose MQTT topic and message id were
-dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is
-isolated by bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest
-of the batch is stored. Infrastructure errors propagate after a rollback (and the connection is
-dropped): nothing of the batch, offsets included, is stored.
+rebalance) adds nothing. A payload message id seen before for the same tenant (``iot.message_ids``)
+turns the row into an ``iot.duplicate_messages`` entry. The fast path expects no such copy: it
+claims the batch's message ids, then COPYs the rows straight into their day partitions. A unique
+violation (a copy of an earlier message id, two copies inside the batch, a replay that slipped past
+the fence) undoes that and stores the batch through a staging table with ``ON CONFLICT DO NOTHING``,
+which the writer uses directly after a batch that held copies (the server logs each failed attempt
+as an error). Likewise a bridge dead letter whose MQTT topic and message id were dead-lettered
+before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is isolated by
+bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
+batch is stored. Infrastructure errors, and a privilege the writer lacks, propagate after a rollback
+(and the connection is dropped): nothing of the batch, offsets included, is stored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import datetime as dt
 import io
 import logging
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -41,6 +43,7 @@ from iot_platform.storage.migrate import ensure_day_partitions
 
 log = logging.getLogger(__name__)
 _MS_PER_DAY = 86_400_000
+_COPY_BUFFER = 1 << 20
 _EPOCH_DAY = dt.date(1970, 1, 1)
 
 
@@ -64,7 +67,7 @@ class BatchWriter:
         self._settings = settings
         self._messages_topic = settings.kafka_topic
         self._conn: psycopg2.extensions.connection | None = None
-        self._known_days: set[dt.date] = set()
+        self._partitions: dict[dt.date, str] = {}  # day -> its partition of iot.messages, known to exist
         self._copies_expected = False  # the last batch held copies of earlier message ids
 
     def close(self) -> None:
@@ -85,7 +88,7 @@ class BatchWriter:
                 conn.close()
                 raise
             self._conn = conn
-            self._known_days.clear()
+            self._partitions.clear()
         return self._conn
 
     def stored_offsets(self, keys: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
@@ -112,7 +115,7 @@ class BatchWriter:
             conn.commit()
             return result
         except MissingPartition:
-            self._known_days.clear()
+            self._partitions.clear()
             self._abandon(close=False)
             raise
         except BaseException:
@@ -128,10 +131,9 @@ class BatchWriter:
             self.close()
 
     def _ensure_days(self, days: set[dt.date]) -> None:
-        missing = days - self._known_days
+        missing = days - self._partitions.keys()
         if missing:
-            ensure_day_partitions(self._conn, missing)
-            self._known_days |= missing
+            self._partitions.update(zip(sorted(missing), ensure_day_partitions(self._conn, missing)))
 
     def _write_in_transaction(self, cur: psycopg2.extensions.cursor, batch: Batch) -> WriteResult:
         stored = self._lock_offsets(cur, batch.next_offsets)
@@ -139,8 +141,9 @@ class BatchWriter:
         letters = [d for d in batch.dead_letters if d.kafka_offset >= stored.get((d.kafka_topic, d.kafka_partition), 0)]
         result = WriteResult(replays_skipped=len(batch.messages) + len(batch.dead_letters) - len(fresh) - len(letters))
         if fresh:
-            ahead = batch.messages_copy if len(fresh) == len(batch.messages) else None
-            letters += self._store_messages(cur, fresh, result, top_level=True, data=ahead)
+            whole = len(fresh) == len(batch.messages)
+            letters += self._store_messages(cur, fresh, result, top_level=True, data=batch.messages_copy if whole else None,
+                                            ids=batch.ids_copy if whole else None)
         if letters:
             self._store_dead_letters(cur, letters, result)
         # A gap below the stored position was recorded (or stored past) by whoever wrote that position.
@@ -175,27 +178,33 @@ class BatchWriter:
 
     def _store_messages(
         self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, *, top_level: bool,
-        with_json: bool = True, data: bytes | None = None,
+        with_json: bool = True, data: bytes | None = None, ids: bytes | None = None,
     ) -> list[DeadLetterRow]:
-        """Insert ``rows`` (``data``: their COPY data, if formatted ahead); returns the dead letters of
-        rows PostgreSQL rejected (bisecting to find them)."""
-        if data is None:
-            data = copy_format.copy_data(rows, with_json=with_json)
+        """Insert ``rows`` (``data``, ``ids``: their COPY data and their claims', if formatted ahead);
+        returns the dead letters of rows PostgreSQL rejected (bisecting to find them)."""
         cur.execute("SAVEPOINT rows")
         try:
-            cur.copy_expert(sql.COPY_STAGING, io.BytesIO(data), size=1 << 20)
-            inserted = _insert_from_staging(cur, expect_conflicts=self._copies_expected)
+            chunks = self._by_partition(rows, with_json, data)
+            if not self._copies_expected and _copy_rows(cur, chunks, copy_format.id_data(rows) if ids is None else ids):
+                inserted = len(rows)
+            else:  # a copy or a replay among the rows: the fast path's work is undone
+                for _, chunk in chunks:
+                    cur.copy_expert(sql.COPY_STAGING, io.BytesIO(chunk), size=_COPY_BUFFER)
+                cur.execute(sql.INSERT_FROM_STAGING)
+                inserted = cur.rowcount
             duplicates = 0
             if inserted < len(rows):  # some row is a copy (or a replay)
                 cur.execute(sql.INSERT_DUPLICATES)
                 duplicates = cur.rowcount
             if top_level:  # the savepoint stays open: the commit releases it, one round trip fewer
                 self._copies_expected = duplicates > 0
-            else:  # later bisection steps reuse the staging table in this transaction
-                cur.execute("TRUNCATE ingest_staging; RELEASE SAVEPOINT rows")
+            else:  # later bisection steps reuse the staging tables in this transaction
+                cur.execute(sql.EMPTY_STAGING + "; RELEASE SAVEPOINT rows")
         except (psycopg2.Error, ValueError) as exc:
-            if isinstance(exc, psycopg2.Error) and is_infrastructure_error(exc):
-                raise
+            if isinstance(exc, psycopg2.errors.UndefinedTable) and "messages_p" in str(exc):
+                raise MissingPartition(str(exc)) from exc  # retention dropped it since _ensure_days
+            if isinstance(exc, psycopg2.Error) and (is_infrastructure_error(exc) or exc.pgcode == "42501"):
+                raise  # a privilege missing is the deployment's fault, never a row's
             if isinstance(exc, psycopg2.Error) and exc.pgcode == "23514" and "no partition" in str(exc):
                 raise MissingPartition(str(exc)) from exc
             cur.execute("ROLLBACK TO SAVEPOINT rows")
@@ -206,6 +215,16 @@ class BatchWriter:
             result.json_dropped += inserted
         result.replays_skipped += len(rows) - inserted - duplicates
         return []
+
+    def _by_partition(self, rows: list[MessageRow], with_json: bool, data: bytes | None) -> list[tuple[str, bytes]]:
+        """(day partition, COPY data of its rows) for each day ``rows`` fall on (``data``: all rows' COPY data)."""
+        by_day: dict[int, list[MessageRow]] = defaultdict(list)
+        for row in rows:
+            by_day[row.received_at_ms // _MS_PER_DAY].append(row)
+        if len(by_day) == 1 and data is not None:
+            return [(self._partitions[_EPOCH_DAY + dt.timedelta(days=next(iter(by_day)))], data)]
+        return [(self._partitions[_EPOCH_DAY + dt.timedelta(days=day)], copy_format.copy_data(day_rows, with_json=with_json))
+                for day, day_rows in sorted(by_day.items())]
 
     def _isolate(self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, with_json: bool, exc: Exception) -> list[DeadLetterRow]:
         if len(rows) > 1:
@@ -225,17 +244,18 @@ def _days(epoch_days: set[int]) -> set[dt.date]:
     return {_EPOCH_DAY + dt.timedelta(days=d) for d in epoch_days}
 
 
-def _insert_from_staging(cur: psycopg2.extensions.cursor, *, expect_conflicts: bool) -> int:
-    """Rows inserted; a conflict (a copy of an earlier message id, a replay the offset fence missed)
-    re-runs the conflict-safe statement, which ``expect_conflicts`` runs at once."""
-    if expect_conflicts:
-        cur.execute(sql.INSERT_FROM_STAGING_CONFLICT_SAFE)
-        return cur.rowcount
+def _copy_rows(cur: psycopg2.extensions.cursor, chunks: list[tuple[str, bytes]], ids: bytes) -> bool:
+    """The fast path: claim the message ids, then COPY each day's rows into its partition. False
+    after a unique violation, with everything it did undone (the savepoint "rows" stays)."""
     try:
-        cur.execute("SAVEPOINT plain;" + sql.INSERT_FROM_STAGING)  # one round trip; released with "rows"
+        cur.copy_expert(sql.COPY_IDS, io.BytesIO(ids), size=_COPY_BUFFER)
+        cur.execute(sql.CLAIM_IDS)
+        for partition, chunk in chunks:
+            cur.copy_expert(sql.copy_into_partition(partition).as_string(cur), io.BytesIO(chunk), size=_COPY_BUFFER)
     except psycopg2.errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT plain;" + sql.INSERT_FROM_STAGING_CONFLICT_SAFE)
-    return cur.rowcount
+        cur.execute("ROLLBACK TO SAVEPOINT rows")
+        return False
+    return True
 
 
 def _error_text(exc: Exception) -> str:

@@ -200,16 +200,17 @@ def test_special_payloads_are_stored_byte_exact(settings: Settings, tmp_path: Pa
 
 
 def test_duplicates_and_dead_letters(settings: Settings, tmp_path: Path) -> None:
-    """A message produced twice with the same msg_id (two offsets) is stored once and its copy recorded
-    in iot.duplicate_messages; a record with undecodable headers becomes a consumer dead letter and the
+    """A message produced twice with the same msg_id (two offsets, in either envelope format) is stored
+    once and its copy recorded in iot.duplicate_messages; a record with undecodable headers becomes a consumer dead letter and the
     offset moves on; a DLQ-topic record becomes a bridge dead letter. Every offset is accounted for."""
     apply_migrations(settings)
     now_ms = int(time.time() * 1000)
     good = encode_envelope(_envelope(settings, "acme", now_ms))
-    again = encode_envelope(_envelope(settings, "acme", now_ms + 1500))  # the bridge received it again
+    # The bridge received it again, and wrote envelope format 1 (as during a rolling upgrade).
+    again = encode_envelope(_envelope(settings, "acme", now_ms + 1500), "1")
     other_tenant = encode_envelope(_envelope(settings, "globex", now_ms))
     dup = b'{"msg_id": "same", "v": 1}'
-    bad_headers = [(k, v) for k, v in good if k != "tenant_id"]
+    bad_headers = [(k, v) for k, v in good if k != "envelope"]
     records = [("acme", dup, good), ("acme", b'{"v": 2}', good), ("acme", dup, again), ("acme", dup, again),
                ("acme", b"\x00bad", bad_headers), ("globex", dup, other_tenant), ("acme", b'{"v": 3}', good)]
     produced = produce(settings, records)
@@ -225,7 +226,7 @@ def test_duplicates_and_dead_letters(settings: Settings, tmp_path: Path) -> None
     assert query(settings, "SELECT count(*) FROM iot.duplicate_messages WHERE message_id = 'same' AND first_kafka_offset IS NOT NULL")[0][0] == 2
     letters = query(settings, "SELECT source, reason, payload, kafka_topic FROM iot.dead_letters ORDER BY source")
     assert [(s, bytes(p), t) for s, _, p, t in letters] == [("bridge", b"\xde\xad", settings.kafka_dlq_topic), ("consumer", b"\x00bad", settings.kafka_topic)]
-    assert "tenant_id" in letters[1][1]
+    assert "'envelope' is missing" in letters[1][1]
     # Completeness: per partition, rows + consumer dead letters + duplicates == offsets consumed.
     accounted = query(settings, """
         SELECT o.partition, o.next_offset,

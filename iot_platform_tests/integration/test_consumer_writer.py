@@ -221,17 +221,17 @@ def _recording_connect(statements: list[str]):  # type: ignore[no-untyped-def]
 
 
 def _insert_attempts(statements: list[str]) -> list[str]:
-    """The insert statements among ``statements``: "plain" and/or "safe", in order; empties the list."""
-    found = ["plain" if s.startswith("SAVEPOINT plain;") else "safe" for s in statements
-             if s.startswith("SAVEPOINT plain;") or s.endswith(sql.INSERT_FROM_STAGING_CONFLICT_SAFE)]
+    """The insert attempts among ``statements``: "plain" (the fast path's claim of the ids) and/or
+    "safe" (the conflict-safe insert from staging), in order; empties the list."""
+    found = ["plain" if s == sql.CLAIM_IDS else "safe" for s in statements if s in (sql.CLAIM_IDS, sql.INSERT_FROM_STAGING)]
     statements.clear()
     return found
 
 
 def test_copies_of_message_ids_take_the_conflict_safe_insert_while_they_keep_coming(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The insert expects no conflict. A batch with a copy of an earlier message id fails that
-    statement and is stored by the conflict-safe one (the copy recorded as a duplicate); the next
-    batch starts with the conflict-safe statement, and a batch without copies brings back the plain one."""
+    """The fast path expects no conflict. A batch with a copy of an earlier message id fails its
+    claim and is stored by the conflict-safe statement (the copy recorded as a duplicate); the next
+    batch starts with the conflict-safe statement, and a batch without copies brings back the fast path."""
     apply_migrations(settings)
     statements: list[str] = []
     monkeypatch.setattr(writer_module, "connect", _recording_connect(statements))
@@ -254,3 +254,49 @@ def test_copies_of_message_ids_take_the_conflict_safe_insert_while_they_keep_com
     assert sorted(rows_by_offset(settings)) == [0, 1, 3, 4, 5]
     assert scalar(settings, "SELECT first_kafka_offset FROM iot.duplicate_messages WHERE kafka_offset = 2") == 0
     assert scalar(settings, "SELECT count(*) FROM iot.message_ids") == 5
+
+
+def test_a_batch_across_midnight_goes_to_both_day_partitions(settings: Settings) -> None:
+    """Rows are copied into their day partitions: a batch whose rows fall on two UTC days stores each
+    in its own (the last millisecond of a day in that day's)."""
+    apply_migrations(settings)
+    midnight_ms = (NOW_MS // 86_400_000 + 5) * 86_400_000  # days no partition exists for yet
+    rows = [row(0, received_at_ms=midnight_ms - 1, message_id="a", json_text='{"a": 1}'), row(1, received_at_ms=midnight_ms),
+            row(2, received_at_ms=midnight_ms - 2)]
+    writer = BatchWriter(settings)
+    try:
+        result = writer.write(Batch(rows, [], {(settings.kafka_topic, 0): 3}))
+    finally:
+        writer.close()
+    assert result.inserted == 3
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT kafka_offset, c.relname FROM iot.messages m JOIN pg_class c ON c.oid = m.tableoid ORDER BY 1")
+            found = cur.fetchall()
+    finally:
+        conn.close()
+    day = dt.datetime.fromtimestamp(midnight_ms / 1000, dt.timezone.utc)
+    before, after = f"messages_p{day - dt.timedelta(days=1):%Y%m%d}", f"messages_p{day:%Y%m%d}"
+    assert found == [(0, before), (1, after), (2, before)]
+    assert scalar(settings, "SELECT count(*) FROM iot.message_ids") == 1
+
+
+def test_a_partition_dropped_under_the_writer_is_created_again(settings: Settings) -> None:
+    """Retention may drop a day partition the writer saw before: the write raises MissingPartition
+    (the sink retries it) with nothing stored, and the retry creates the partition again."""
+    apply_migrations(settings)
+    day_ms = (NOW_MS // 86_400_000 - 2) * 86_400_000 + 1000
+    key = (settings.kafka_topic, 0)
+    writer = BatchWriter(settings)
+    try:
+        writer.write(Batch([row(0, received_at_ms=day_ms)], [], {key: 1}))
+        with connect(settings, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP TABLE iot.messages_p{dt.datetime.fromtimestamp(day_ms / 1000, dt.timezone.utc):%Y%m%d}")
+        with pytest.raises(writer_module.MissingPartition):
+            writer.write(Batch([row(1, received_at_ms=day_ms)], [], {key: 2}))
+        assert scalar(settings, "SELECT next_offset FROM iot.ingest_offsets") == 1
+        assert writer.write(Batch([row(1, received_at_ms=day_ms)], [], {key: 2})).inserted == 1
+    finally:
+        writer.close()
+    assert sorted(rows_by_offset(settings)) == [1]

@@ -230,6 +230,48 @@ def test_platform_analyst_and_ingest_roles_keep_working(world: World) -> None:
         ingest.close()
 
 
+def test_the_consumer_writes_as_the_ingest_role_and_ingest_cannot_read_a_partition(world: World) -> None:
+    """The writer, logged in as the ingest role, copies rows straight into a new day partition and
+    claims their ids (and a copy of an id still takes the conflict-safe path); ingest holds INSERT
+    on partitions, never SELECT."""
+    from iot_platform.consumer.pending import make_batch
+    from iot_platform.consumer.records import MessageRow
+    from iot_platform.consumer.writer import BatchWriter
+
+    role = world.settings.ingest_role
+    as_ingest = world.settings.model_copy(update={"pg_user": role, "pg_password": SecretStr(derive_password(KEY, role))})
+    day_ms = int((NOW + timedelta(days=30)).timestamp() * 1000)  # a day no partition exists for yet
+
+    def row(offset: int, message_id: str) -> MessageRow:
+        return MessageRow("ing", "p", "mtic/msg/client/realtime/ing/p/d", b'{"a": 1}', '{"a": 1}', message_id, None, None,
+                          day_ms + offset, 3, offset)
+
+    writer = BatchWriter(as_ingest)
+    try:
+        first = writer.write(make_batch([row(0, "m0"), row(1, "m1")], "k-ingest"))
+        again = writer.write(make_batch([row(2, "m1"), row(3, "m3")], "k-ingest"))  # m1 is a copy
+    finally:
+        writer.close()
+    assert (first.inserted, first.duplicates_message_id) == (2, 0)
+    assert (again.inserted, again.duplicates_message_id) == (1, 1)
+    owner = connect(world.settings, autocommit=True)
+    try:
+        with owner.cursor() as cur:
+            cur.execute("SELECT kafka_offset, payload_json FROM iot.messages WHERE tenant_id = 'ing' ORDER BY 1")
+            assert cur.fetchall() == [(0, {"a": 1}), (1, {"a": 1}), (3, {"a": 1})]
+            cur.execute("SELECT format('%I.%I', c.relnamespace::regnamespace, c.relname) FROM iot.messages m"
+                        " JOIN pg_class c ON c.oid = m.tableoid WHERE m.tenant_id = 'ing' LIMIT 1")
+            partition = cur.fetchone()[0]
+    finally:
+        owner.close()
+    ingest = world.login(role)
+    try:
+        with ingest.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(sql.SQL("SELECT * FROM {}").format(sql.SQL(partition)))
+    finally:
+        ingest.close()
+
+
 def test_sync_is_idempotent_and_refuses_dangerous_roles(world: World) -> None:
     """A second sync creates nothing (a tenant seen only in the data is not in the registry: no role);
     a pre-existing role with CREATEROLE is never adopted as a tenant role."""

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from iot_platform.consumer.copy_format import STAGING_COLUMNS, copy_data, copy_row, timestamp_ms
+from iot_platform.consumer.copy_format import ID_COLUMNS, MESSAGE_COLUMNS, copy_data, copy_row, id_data, timestamp_ms
 from iot_platform.consumer.positions import ExpiredRange, Positions
 from iot_platform.consumer.records import (
     MAX_RECEIVED_AT_MS,
@@ -27,9 +27,11 @@ def record(headers, value: bytes | None = b'{"msg_id": "m1"}', topic: str = TOPI
     return ConsumedRecord(topic, 3, 42, headers, value, timestamp_ms)
 
 
-def test_good_record_becomes_message_row() -> None:
-    """Envelope fields, payload facts and Kafka coordinates land in the row; bytes untouched."""
-    row = classify(record(encode_envelope(ENVELOPE)), messages_topic=TOPIC, message_id_field="msg_id")
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_good_record_becomes_message_row(version: str) -> None:
+    """Envelope fields, payload facts and Kafka coordinates land in the row; bytes untouched; the
+    consumer reads both envelope formats."""
+    row = classify(record(encode_envelope(ENVELOPE, version)), messages_topic=TOPIC, message_id_field="msg_id")
     assert row == MessageRow("acme", "p1", ENVELOPE.mqtt_topic, b'{"msg_id": "m1"}', '{"msg_id": "m1"}', "m1", None, None,
                              1_700_000_000_123, 3, 42)
     assert row.received_day == dt.date(2023, 11, 14)
@@ -41,17 +43,36 @@ def test_null_value_is_an_empty_payload() -> None:
     assert isinstance(row, MessageRow) and row.payload == b"" and row.json_text is None
 
 
+def _v1(**changes: bytes | None) -> list[tuple[str, bytes | None]]:
+    """Format-1 headers of ENVELOPE, with some values replaced (None: the header is left out)."""
+    return [(k, changes.get(k, v)) for k, v in encode_envelope(ENVELOPE, "1") if changes.get(k, v) is not None or k not in changes]
+
+
+def _v2(**changes: bytes | None) -> list[tuple[str, bytes | None]]:
+    """Format-2 headers of ENVELOPE, with some values replaced (None: the header is left out)."""
+    return [(k, changes.get(k, v)) for k, v in encode_envelope(ENVELOPE, "2") if changes.get(k, v) is not None or k not in changes]
+
+
 @pytest.mark.parametrize(
     ("headers", "reason_part"),
     [
         (None, "format_version"),
-        ([(k, v) for k, v in encode_envelope(ENVELOPE) if k != "tenant_id"], "tenant_id"),
-        ([(k, b"\xff" if k == "project_id" else v) for k, v in encode_envelope(ENVELOPE)], "not UTF-8"),
-        ([(k, b"a\x00" if k == "mqtt_topic" else v) for k, v in encode_envelope(ENVELOPE)], "NUL"),
-        ([(k, b"soon" if k == "received_at_ms" else v) for k, v in encode_envelope(ENVELOPE)], "not an integer"),
-        ([(k, b"2" if k == "format_version" else v) for k, v in encode_envelope(ENVELOPE)], "format_version"),
-        ([(k, str(MAX_RECEIVED_AT_MS + 1).encode() if k == "received_at_ms" else v) for k, v in encode_envelope(ENVELOPE)], "out of range"),
-        ([(k, b"-1" if k == "received_at_ms" else v) for k, v in encode_envelope(ENVELOPE)], "out of range"),
+        (_v1(tenant_id=None), "tenant_id"),
+        (_v1(project_id=b"\xff"), "not UTF-8"),
+        (_v1(mqtt_topic=b"a\x00"), "NUL"),
+        (_v1(received_at_ms=b"soon"), "not an integer"),
+        (_v1(format_version=b"3"), "unsupported format_version '3'"),
+        (_v1(received_at_ms=str(MAX_RECEIVED_AT_MS + 1).encode()), "out of range"),
+        (_v1(received_at_ms=b"-1"), "out of range"),
+        (_v2(envelope=None), "'envelope' is missing"),
+        (_v2(envelope=b"a\x00acme\x00p1\x00\xff\x000\x00b1"), "not UTF-8"),
+        (_v2(envelope=b"a\x00acme\x00p1\x001\x000"), "5 fields, not 6"),
+        (_v2(envelope=b"a\x00acme\x00p1\x001\x000\x00b1\x00x"), "7 fields, not 6"),
+        (_v2(envelope=b"a\x00acme\x00p1\x00one\x000\x00b1"), "QoS is not an integer"),
+        (_v2(received_at_ms=None), "received_at_ms' is missing"),
+        (_v2(received_at_ms=b"soon"), "not an integer"),
+        (_v2(received_at_ms=b"-1"), "out of range"),
+        (_v2(format_version=b"1"), "mqtt_topic' is missing"),  # format 1 has no envelope header
     ],
 )
 def test_bad_headers_become_consumer_dead_letters(headers, reason_part: str) -> None:  # type: ignore[no-untyped-def]
@@ -117,20 +138,34 @@ def signed(field: bytes | None) -> int:
 
 
 def test_copy_tuple_fields() -> None:
-    """One tuple per row, a field per staging column: text as UTF-8 without escapes, the payload's
-    bytes as they are, the jsonb flag (false on request and for a payload that is not storable JSON),
-    NULL as length -1, timestamps as microseconds since 2000 UTC, then the Kafka coordinates."""
+    """One tuple per row, a field per column of iot.messages: text as UTF-8 without escapes, the
+    payload's bytes as they are, jsonb as version 1 and the payload's own bytes (NULL on request and
+    for a payload that is not storable JSON), NULL as length -1, timestamps as microseconds since
+    2000 UTC, then the Kafka coordinates."""
     device_ts = dt.datetime(2026, 1, 1, 2, 3, 4, 567_891, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    row = MessageRow("acmé", "p\t1", "t/x\n€", b"\x00\xff\\N", '{"a": "\\n"}', "m1", None, device_ts, 1000, 2, 7)
+    payload = '{"a": "\\n€\\u0041"}'.encode()
+    row = MessageRow("acmé", "p\t1", "t/x\n€", payload, payload.decode(), "m1", None, device_ts, 1000, 2, 7)
     (fields,) = parse_copy(copy_data([row]))
-    assert len(fields) == len(STAGING_COLUMNS)
-    assert fields[:7] == ["acmé".encode(), b"p\t1", "t/x\n€".encode(), b"\x00\xff\\N", b"\x01", b"m1", None]
+    assert len(fields) == len(MESSAGE_COLUMNS)
+    assert fields[:7] == ["acmé".encode(), b"p\t1", "t/x\n€".encode(), payload, b"\x01" + payload, b"m1", None]
     assert signed(fields[7]) == micros_since_2000(device_ts) and len(fields[7]) == 8
     assert signed(fields[8]) == micros_since_2000(dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc))
     assert (signed(fields[9]), len(fields[9])) == (2, 4) and (signed(fields[10]), len(fields[10])) == (7, 8)
-    assert parse_copy(copy_data([row], with_json=False))[0][4] == b"\x00"
-    bare = MessageRow("a", "p", "t", b"", None, None, "d1", None, 0, 0, 0)
-    assert parse_copy(copy_data([bare]))[0][3:8] == [b"", b"\x00", None, b"d1", None]
+    assert parse_copy(copy_data([row], with_json=False))[0][4] is None
+    bare = MessageRow("a", "p", "t", b"\x00\xff\\N", None, None, "d1", None, 0, 0, 0)
+    assert parse_copy(copy_data([bare]))[0][3:8] == [b"\x00\xff\\N", None, None, b"d1", None]
+
+
+def test_id_data_holds_the_claims_of_rows_with_a_message_id() -> None:
+    """A claim per row with a message id, in order: tenant, id, receive time, Kafka coordinates."""
+    rows = [MessageRow("acmé", "p", "t", b"x", None, message_id, None, None, 1000, 2, offset)
+            for offset, message_id in enumerate(["m€0", None, "m2"])]
+    claims = parse_copy(id_data(rows))
+    assert len(claims) == 2 and all(len(fields) == len(ID_COLUMNS) for fields in claims)
+    assert [fields[:2] for fields in claims] == [["acmé".encode(), "m€0".encode()], ["acmé".encode(), b"m2"]]
+    assert [signed(fields[2]) for fields in claims] == [micros_since_2000(dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc))] * 2
+    assert [(signed(fields[3]), signed(fields[4])) for fields in claims] == [(2, 0), (2, 2)]
+    assert parse_copy(id_data([])) == []
 
 
 @pytest.mark.parametrize("epoch_ms", [0, 1_700_000_000_123, MAX_RECEIVED_AT_MS])
@@ -187,16 +222,17 @@ def test_a_revoked_partition_forgets_its_undelivered_gaps() -> None:
     assert positions.take_expired() == [ExpiredRange("t", 1, 0, 6)]
 
 
+@pytest.mark.parametrize("version", ["1", "2"])
 @pytest.mark.parametrize("received", [b"1700000000999", b"0", b"-5", b" 12", b"1_000", b"x", b"\xff", b"1\x00", None])
-def test_envelope_cache_agrees_with_decode_envelope(received: bytes | None) -> None:
+def test_envelope_cache_agrees_with_decode_envelope(received: bytes | None, version: str) -> None:
     """The cached decoder returns exactly what decode_envelope returns, or raises the same error,
     whatever the receive-time header holds (the cache is warmed by a good record first)."""
     from iot_platform.core.envelope import EnvelopeError, decode_envelope
     from iot_platform.consumer.records import EnvelopeCache
 
     cache = EnvelopeCache()
-    cache.decode(encode_envelope(ENVELOPE))
-    headers = [(k, received if k == "received_at_ms" else v) for k, v in encode_envelope(ENVELOPE)]
+    cache.decode(encode_envelope(ENVELOPE, version))
+    headers = [(k, received if k == "received_at_ms" else v) for k, v in encode_envelope(ENVELOPE, version)]
     try:
         expected: object = decode_envelope(headers)
     except EnvelopeError as exc:
