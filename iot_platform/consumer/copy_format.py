@@ -37,7 +37,7 @@ _LENGTH = struct.Struct(">i").pack
 _TIMESTAMP = struct.Struct(">iq").pack
 _TAIL = struct.Struct(">iqiiiq").pack  # received_at, kafka_partition, kafka_offset: length and value each
 _NULL = _LENGTH(-1)
-_JSONB_VERSION = b"\x01"
+_JSONB_HEAD = struct.Struct(">ib").pack  # length, then jsonb's binary format version (1) before the JSON text
 
 
 def _text(value: str) -> bytes:
@@ -53,22 +53,27 @@ def _prefix(tenant_id: str, project_id: str, mqtt_topic: str) -> bytes:
 
 def copy_row(row: MessageRow, *, with_json: bool = True) -> bytes:
     """One iot.messages tuple for ``row``; ``with_json=False`` stores jsonb NULL."""
+    return row_tuples(row, with_json=with_json)[0]
+
+
+def row_tuples(row: MessageRow, *, with_json: bool = True) -> tuple[bytes, bytes | None]:
+    """``row``'s iot.messages tuple and its message id's claim (None without an id), sharing the
+    fields they have in common."""
     # Hot path (once per record): the NULL tests inlined rather than a helper call per field.
     payload, message_id, device_id, device_ts = row.payload, row.message_id, row.device_id, row.device_ts
     size = len(payload)
-    if with_json and row.json_text is not None:
-        json_head, json_body = _LENGTH(size + 1) + _JSONB_VERSION, payload
-    else:
-        json_head, json_body = _NULL, b""
-    return b"".join((
+    tail = _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset)
+    message_id_field = _NULL if message_id is None else _text(message_id)
+    message = b"".join((
         _prefix(row.tenant_id, row.project_id, row.mqtt_topic),
         _LENGTH(size), payload,
-        json_head, json_body,
-        _NULL if message_id is None else _text(message_id),
+        *((_JSONB_HEAD(size + 1, 1), payload) if with_json and row.json_text is not None else (_NULL,)),
+        message_id_field,
         _NULL if device_id is None else _text(device_id),
         _NULL if device_ts is None else _TIMESTAMP(8, (device_ts - _EPOCH_2000) // _MICROSECOND),
-        _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset),
+        tail,
     ))
+    return message, None if message_id is None else _id_prefix(row.tenant_id) + message_id_field + tail
 
 
 @functools.lru_cache(maxsize=4096)
@@ -76,17 +81,9 @@ def _id_prefix(tenant_id: str) -> bytes:
     return struct.pack(">h", len(ID_COLUMNS)) + _text(tenant_id)
 
 
-def id_row(row: MessageRow) -> bytes:
-    """The iot.message_ids tuple of ``row``'s claim (``row`` has a message id)."""
-    return b"".join((
-        _id_prefix(row.tenant_id), _text(row.message_id),
-        _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset),
-    ))
-
-
 def id_data(rows: Iterable[MessageRow]) -> bytes:
     """The COPY input of the claims of those ``rows`` that have a message id."""
-    return wrap([id_row(r) for r in rows if r.message_id is not None])
+    return wrap([claim for _, claim in map(row_tuples, rows) if claim is not None])
 
 
 def copy_data(rows: Iterable[MessageRow], *, with_json: bool = True) -> bytes:

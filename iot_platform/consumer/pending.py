@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iot_platform.consumer.copy_format import copy_row, id_row, wrap
+from iot_platform.consumer.copy_format import row_tuples, wrap
 from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
 
@@ -50,9 +50,11 @@ def make_batch(
         offset = row.kafka_offset + 1
         if offset > next_offsets.get(key, -1):
             next_offsets[key] = offset
-    tuples = copy_tuples if copy_tuples is not None else [copy_row(r) for r in messages]
-    ids = id_tuples if id_tuples is not None else [id_row(r) for r in messages if r.message_id is not None]
-    return Batch(messages, letters, next_offsets, wrap(tuples), wrap(ids), expired)
+    if copy_tuples is None or id_tuples is None:
+        formatted = [row_tuples(r) for r in messages]
+        copy_tuples = copy_tuples if copy_tuples is not None else [message for message, _ in formatted]
+        id_tuples = id_tuples if id_tuples is not None else [claim for _, claim in formatted if claim is not None]
+    return Batch(messages, letters, next_offsets, wrap(copy_tuples), wrap(id_tuples), expired)
 
 
 class PendingBatch:
@@ -69,9 +71,10 @@ class PendingBatch:
     def append(self, row: Row) -> None:
         self._rows.append(row)
         if isinstance(row, MessageRow):
-            self._tuples.append(copy_row(row))
-            if row.message_id is not None:
-                self._ids.append(id_row(row))
+            message, claim = row_tuples(row)
+            self._tuples.append(message)
+            if claim is not None:
+                self._ids.append(claim)
 
     def add_expired(self, ranges: list[ExpiredRange]) -> None:
         """Gaps found before records now pending: they are recorded with the batch that holds those records."""

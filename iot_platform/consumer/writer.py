@@ -218,11 +218,12 @@ class BatchWriter:
 
     def _by_partition(self, rows: list[MessageRow], with_json: bool, data: bytes | None) -> list[tuple[str, bytes]]:
         """(day partition, COPY data of its rows) for each day ``rows`` fall on (``data``: all rows' COPY data)."""
+        day = rows[0].received_at_ms // _MS_PER_DAY
+        if data is not None and all(row.received_at_ms // _MS_PER_DAY == day for row in rows):  # nearly always
+            return [(self._partitions[_EPOCH_DAY + dt.timedelta(days=day)], data)]
         by_day: dict[int, list[MessageRow]] = defaultdict(list)
         for row in rows:
             by_day[row.received_at_ms // _MS_PER_DAY].append(row)
-        if len(by_day) == 1 and data is not None:
-            return [(self._partitions[_EPOCH_DAY + dt.timedelta(days=next(iter(by_day)))], data)]
         return [(self._partitions[_EPOCH_DAY + dt.timedelta(days=day)], copy_format.copy_data(day_rows, with_json=with_json))
                 for day, day_rows in sorted(by_day.items())]
 
