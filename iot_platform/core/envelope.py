@@ -118,14 +118,18 @@ def _as_mapping(headers: Iterable[tuple[str, bytes | None]] | None) -> Mapping[s
     return dict(headers or ())
 
 
-def _text(values: Mapping[str, bytes | None], name: str) -> str:
+def _utf8(values: Mapping[str, bytes | None], name: str) -> str:
     raw = values.get(name)
     if raw is None:
         raise EnvelopeError(f"header {name!r} is missing")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EnvelopeError(f"header {name!r} is not UTF-8") from exc
+
+
+def _text(values: Mapping[str, bytes | None], name: str) -> str:
+    text = _utf8(values, name)
     if "\x00" in text:
         raise EnvelopeError(f"header {name!r} contains a NUL character")
     return text
@@ -162,14 +166,7 @@ def decode_envelope(headers: Iterable[tuple[str, bytes | None]] | None) -> Envel
 
 
 def _decode_packed(values: Mapping[str, bytes | None]) -> Envelope:
-    raw = values.get(H_ENVELOPE)
-    if raw is None:
-        raise EnvelopeError(f"header {H_ENVELOPE!r} is missing")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EnvelopeError(f"header {H_ENVELOPE!r} is not UTF-8") from exc
-    fields = text.split(_SEPARATOR)
+    fields = _utf8(values, H_ENVELOPE).split(_SEPARATOR)
     if len(fields) != 6:
         raise EnvelopeError(f"header {H_ENVELOPE!r} has {len(fields)} fields, not 6")
     topic, tenant_id, project_id, qos, retain, bridge_id = fields
