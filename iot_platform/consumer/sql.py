@@ -15,9 +15,9 @@ SESSION_SETUP = "SET jit = off"
 # and the rows are copied straight into their day partition (a partition has no policies of its
 # own; iot_ingest holds INSERT on each, migration 080). COPY into the table itself inserts a page of
 # rows at a time (one WAL record per page, no executor per row): PostgreSQL's CPU per row fell by
-# about 15% against COPY into a staging table and INSERT ... SELECT (docs/benchmarks.md, "Rows copied
-# into their partition"). ingest_staging, with the columns of iot.messages, serves the statement
-# that handles copies and replays.
+# about a fifth against COPY into a staging table and INSERT ... SELECT (docs/benchmarks.md, "Rows
+# copied into their partition"). ingest_staging, with the columns of iot.messages, serves the
+# statement that handles copies and replays.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
     tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_json jsonb,

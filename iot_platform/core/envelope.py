@@ -9,11 +9,11 @@ Two formats of a good record's headers, told apart by ``format_version``; the co
 - ``2`` (what the bridge writes by default): ``format_version``, ``envelope`` (topic, tenant,
   project, QoS, retain flag and bridge id, UTF-8, separated by NUL characters, which none of them
   may contain) and ``received_at_ms``. Three headers instead of eight: each header costs the bridge
-  and the consumer a tuple per record, and the consumer's envelope cache hashes one value, not seven.
+  and the consumer a tuple per record, and the consumer's envelope cache hashes two headers, not seven.
 - ``1``: one header per field (the names below). A bridge writes it when told to
   (``IOT_BRIDGE_ENVELOPE_FORMAT=1``: a rolling upgrade while consumers that read only format 1 still
-  run), and for an envelope with a NUL in a field, which format 2 cannot carry (its consumer-side
-  decoder rejects it, as it always has).
+  run), and for an envelope with a NUL in a field, which format 2 cannot carry (format 1's decoder
+  rejects it, as it always has).
 
 Dead letters keep format 1: they are rare, and other tools read them.
 """
@@ -36,7 +36,7 @@ H_RETAIN = "mqtt_retain"
 H_RECEIVED_AT_MS = "received_at_ms"
 H_BRIDGE_ID = "bridge_id"
 H_FORMAT = "format_version"
-H_ENVELOPE = "envelope"  # format 2: the fields below, NUL-separated
+H_ENVELOPE = "envelope"  # format 2: topic, tenant, project, QoS, retain flag, bridge id; NUL-separated
 H_REASON = "reason"
 H_ORIGINAL_SIZE = "original_size"
 H_TRUNCATED = "truncated"

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from iot_platform.access import operations
 from iot_platform.access.connection import MqttCredentials, configure
 from iot_platform.access.dynsec import DynsecClient
+from iot_platform.core.envelope import decode_dead_letter, decode_envelope
 from iot_platform.settings import Settings
 from iot_platform.stack.certs import server_certificate
 from iot_platform.stack.mosquitto import MosquittoServer, new_admin
@@ -166,7 +167,8 @@ def _kafka_topics(settings: Settings) -> list[str]:
             while remaining and time.monotonic() < deadline:
                 for message in consumer.consume(100, timeout=1.0):
                     if message.error() is None:
-                        found.append(message.topic() + ":" + dict(message.headers() or []).get("mqtt_topic", b"").decode())
+                        decode = decode_envelope if message.topic() == settings.kafka_topic else decode_dead_letter
+                        found.append(message.topic() + ":" + decode(message.headers()).mqtt_topic)
                         remaining -= 1
         return found
     finally:
