@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     bridge_shutdown_timeout_s: float = Field(default=10.0, gt=0, description="On SIGTERM the bridge flushes and acks for at most this long, then exits 0.")
     bridge_replicas: int = Field(default=1, ge=1, description="Bridge replicas sharing the MQTT subscription; above 1 each takes the MQTT 5 shared subscription $share/{IOT_MQTT_SHARE_GROUP}/{filter} (docs/design.md §9); service_watchdog keeps replicas 0 .. N-1 running, and drains a replica that lowering N removes.")
     mqtt_share_group: str = Field(default="iot-bridges", pattern=r"^[^/+#]+$", description="Shared-subscription group of the bridge replicas (no /, + or #).")
-    replica_index: int = Field(default=0, ge=0, description="Which replica this bridge or consumer is (0-based; set per run by Dagster, or from the StatefulSet pod index): bridge replica i is MQTT client IOT_MQTT_CLIENT_ID-{i}, replica 0 keeps IOT_MQTT_CLIENT_ID (docs/design.md §9); consumer replica i is the static member IOT_KAFKA_CONSUMER_GROUP-{i} (§10).")
+    replica_index: int = Field(default=0, ge=0, description="Which replica this bridge or consumer is (0-based; set per run by Dagster, or from the StatefulSet pod index): bridge replica i is MQTT client IOT_MQTT_CLIENT_ID-{i}, replica 0 keeps IOT_MQTT_CLIENT_ID (docs/design.md §9); consumer replica i is the static member IOT_KAFKA_CONSUMER_GROUP-{i} (docs/design.md §10).")
 
     # Kafka.
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port...]. `dev up` runs its brokers there: with IOT_KAFKA_BROKERS=3 at each of three addresses, or at one address's port, +2 and +4.")

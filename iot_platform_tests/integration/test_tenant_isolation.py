@@ -248,8 +248,8 @@ def test_the_consumer_writes_as_the_ingest_role_and_ingest_cannot_read_a_partiti
 
     writer = BatchWriter(as_ingest)
     try:
-        first = writer.write(make_batch([row(0, "m0"), row(1, "m1")], "k-ingest"))
-        again = writer.write(make_batch([row(2, "m1"), row(3, "m3")], "k-ingest"))  # m1 is a copy
+        first = writer.write(make_batch([row(0, "m0"), row(1, "m1")], as_ingest.kafka_topic))
+        again = writer.write(make_batch([row(2, "m1"), row(3, "m3")], as_ingest.kafka_topic))  # m1 is a copy
     finally:
         writer.close()
     assert (first.inserted, first.duplicates_message_id) == (2, 0)
@@ -270,6 +270,29 @@ def test_the_consumer_writes_as_the_ingest_role_and_ingest_cannot_read_a_partiti
             cur.execute(sql.SQL("SELECT * FROM {}").format(sql.SQL(partition)))
     finally:
         ingest.close()
+
+    # A privilege missing is the deployment's fault, never a row's: the write fails whole (the sink
+    # retries it), and no row is bisected into a dead letter.
+    owner = connect(world.settings, autocommit=True)
+    try:
+        with owner.cursor() as cur:
+            cur.execute(sql.SQL("REVOKE INSERT ON {} FROM iot_ingest").format(sql.SQL(partition)))
+        writer = BatchWriter(as_ingest)
+        try:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                writer.write(make_batch([row(4, "m4"), row(5, "m5")], as_ingest.kafka_topic))
+        finally:
+            writer.close()
+        with owner.cursor() as cur:
+            cur.execute(sql.SQL("GRANT INSERT ON {} TO iot_ingest").format(sql.SQL(partition)))
+            cur.execute("SELECT count(*) FROM iot.dead_letters WHERE tenant_id = 'ing'")
+            assert cur.fetchone()[0] == 0
+            cur.execute("SELECT count(*) FROM iot.messages WHERE tenant_id = 'ing'")
+            assert cur.fetchone()[0] == 3
+            cur.execute("SELECT next_offset FROM iot.ingest_offsets WHERE topic = %s AND partition = 3", (as_ingest.kafka_topic,))
+            assert cur.fetchone()[0] == 4
+    finally:
+        owner.close()
 
 
 def test_sync_is_idempotent_and_refuses_dangerous_roles(world: World) -> None:
