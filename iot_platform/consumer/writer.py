@@ -8,15 +8,15 @@ so a batch written twice (a retry after a commit whose outcome was lost, a zombi
 rebalance) adds nothing. A payload message id seen before for the same tenant (``iot.message_ids``)
 turns the row into an ``iot.duplicate_messages`` entry. The fast path expects no such copy: it
 claims the batch's message ids (one prepared statement, consumer/claims.py), then COPYs the rows
-straight into their day partitions. A unique
-violation (a copy of an earlier message id, two copies inside the batch, a replay that slipped past
-the fence) undoes that and stores the batch through a staging table with ``ON CONFLICT DO NOTHING``,
-which the writer uses directly after a batch that held copies (the server logs each failed attempt
-as an error). Likewise a bridge dead letter whose MQTT topic and message id were dead-lettered
-before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is isolated by
-bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
-batch is stored. Infrastructure errors, and a privilege the writer lacks, propagate after a rollback
-(and the connection is dropped): nothing of the batch, offsets included, is stored.
+straight into their day partitions. A unique violation (a copy of an earlier message id, two copies
+inside the batch, a replay that slipped past the fence) undoes that and stores the batch through a
+staging table with ``ON CONFLICT DO NOTHING``, which the writer uses directly after a batch that held
+copies (the server logs each failed attempt as an error). Likewise a bridge dead letter whose MQTT
+topic and message id were dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row
+PostgreSQL rejects is isolated by bisection under savepoints: retried once without its jsonb, then
+dead-lettered; the rest of the batch is stored. Infrastructure errors, and a privilege the writer
+lacks, propagate after a rollback (and the connection is dropped): nothing of the batch, offsets
+included, is stored.
 """
 
 from __future__ import annotations
