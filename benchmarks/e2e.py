@@ -4,8 +4,9 @@ Starts a private Mosquitto, Kafka and PostgreSQL in a temporary directory (stack
 bridge and the consumer as `iot-platform` subprocesses, and `iot-platform simulate` publisher
 processes; everything is stopped at the end. Before measuring, a warm-up load runs through the whole
 pipeline (Kafka's JIT, PostgreSQL's caches). Prints rates, latency, the CPU budget of each process
-(CPU seconds per 1,000 messages and microseconds per message in total), and what `iot-platform verify`
-found lost or duplicated.
+(CPU seconds per 1,000 messages and microseconds per message in total), the database transactions
+that stored the measured rows (`postgres_transactions`: one per consumer batch, after the meter
+stopped), and what `iot-platform verify` found lost or duplicated.
 
 The default load is a realistic fleet: each publisher process publishes for 5 tenants x 4 projects x
 3 devices (60 device topics each), JSON payloads of ~220 bytes that carry a message id, QoS 1.
@@ -201,6 +202,13 @@ class Progress:
         """Rows of these simulator runs (a scan of the payloads: for the end of a run, not for polling)."""
         with self.conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM iot.messages WHERE payload_json->>'run_id' = ANY(%s)", (run_ids,))
+            return int(cur.fetchone()[0])
+
+    def transactions(self, run_ids: list[str]) -> int:
+        """Database transactions that stored rows of these runs: each consumer batch is one, and its
+        rows share its transaction id (a scan of the payloads, like ``rows``)."""
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(DISTINCT xmin::text) FROM iot.messages WHERE payload_json->>'run_id' = ANY(%s)", (run_ids,))
             return int(cur.fetchone()[0])
 
     def wait_stored(self, target: int, timeout_s: float) -> None:
@@ -408,6 +416,7 @@ def run(args: argparse.Namespace, transport: str) -> dict[str, object]:
         result["cpu_seconds"] = {k: round(v, 2) for k, v in meter.seconds.items()}
         if args.breakdown:
             result["cpu_breakdown_s"] = {name: meter.breakdown(name) for name in meter.pids}
+        result["postgres_transactions"] = progress.transactions([s["run_id"] for s in summaries])
         result |= budget(meter.seconds, acked)
         result |= check_loss(settings, summaries)
         return result

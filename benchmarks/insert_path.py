@@ -29,7 +29,7 @@ from pathlib import Path
 
 from consumer_throughput import _cpu_seconds as cpu_seconds  # benchmarks/ is the script's directory
 
-from iot_platform.consumer.copy_format import row_tuples
+from iot_platform.consumer.copy_format import copy_row
 from iot_platform.consumer.pending import make_batch
 from iot_platform.consumer.records import MessageRow
 from iot_platform.consumer.writer import BatchWriter
@@ -92,9 +92,7 @@ def main() -> int:
         started = time.process_time()
         batches = []
         for batch in rows:
-            formatted = [row_tuples(r, with_json=args.without != "jsonb") for r in batch]
-            batches.append(make_batch(batch, settings.kafka_topic, [message for message, _ in formatted],
-                                      id_tuples=[claim for _, claim in formatted if claim is not None]))
+            batches.append(make_batch(batch, settings.kafka_topic, [copy_row(r, with_json=args.without != "jsonb") for r in batch]))
         formatting_s = time.process_time() - started
         writer = BatchWriter(settings)
         stack.callback(writer.close)

@@ -1,4 +1,4 @@
-"""Rows in PostgreSQL's binary COPY format (pure): message rows, and the message ids they claim.
+"""Message rows in PostgreSQL's binary COPY format (pure).
 
 Each row is one tuple: a field count, then per column a 4-byte length (-1 for NULL) and the value in
 the type's binary form: text as UTF-8, bytea as its bytes, jsonb as a version byte (1) and the JSON
@@ -24,8 +24,6 @@ MESSAGE_COLUMNS = (
     "tenant_id", "project_id", "mqtt_topic", "payload", "payload_json", "message_id",
     "device_id", "device_ts", "received_at", "kafka_partition", "kafka_offset",
 )
-# The claim of a row's message id in iot.message_ids.
-ID_COLUMNS = ("tenant_id", "message_id", "received_at", "kafka_partition", "kafka_offset")
 # Signature, flags (no OIDs), header extension length; the trailer is a field count of -1.
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
@@ -53,37 +51,18 @@ def _prefix(tenant_id: str, project_id: str, mqtt_topic: str) -> bytes:
 
 def copy_row(row: MessageRow, *, with_json: bool = True) -> bytes:
     """One iot.messages tuple for ``row``; ``with_json=False`` stores jsonb NULL."""
-    return row_tuples(row, with_json=with_json)[0]
-
-
-def row_tuples(row: MessageRow, *, with_json: bool = True) -> tuple[bytes, bytes | None]:
-    """``row``'s iot.messages tuple and its message id's claim (None without an id), sharing the
-    fields they have in common."""
     # Hot path (once per record): the NULL tests inlined rather than a helper call per field.
     payload, message_id, device_id, device_ts = row.payload, row.message_id, row.device_id, row.device_ts
     size = len(payload)
-    tail = _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset)
-    message_id_field = _NULL if message_id is None else _text(message_id)
-    message = b"".join((
+    return b"".join((
         _prefix(row.tenant_id, row.project_id, row.mqtt_topic),
         _LENGTH(size), payload,
         *((_JSONB_HEAD(size + 1, 1), payload) if with_json and row.json_text is not None else (_NULL,)),
-        message_id_field,
+        _NULL if message_id is None else _text(message_id),
         _NULL if device_id is None else _text(device_id),
         _NULL if device_ts is None else _TIMESTAMP(8, (device_ts - _EPOCH_2000) // _MICROSECOND),
-        tail,
+        _TAIL(8, (row.received_at_ms - _EPOCH_2000_MS) * 1000, 4, row.kafka_partition, 8, row.kafka_offset),
     ))
-    return message, None if message_id is None else _id_prefix(row.tenant_id) + message_id_field + tail
-
-
-@functools.lru_cache(maxsize=4096)
-def _id_prefix(tenant_id: str) -> bytes:
-    return struct.pack(">h", len(ID_COLUMNS)) + _text(tenant_id)
-
-
-def id_data(rows: Iterable[MessageRow]) -> bytes:
-    """The COPY input of the claims of those ``rows`` that have a message id."""
-    return wrap([claim for _, claim in map(row_tuples, rows) if claim is not None])
 
 
 def copy_data(rows: Iterable[MessageRow], *, with_json: bool = True) -> bytes:

@@ -1,15 +1,16 @@
 """Records read from Kafka but not yet handed to the database thread (pure: no Kafka or database).
 
-Each message row's COPY tuples (the row, and the claim of its message id) are formatted as the row
-arrives, on the reading thread, so handing a batch over costs a join instead of a formatting pass
-that the database thread would wait for.
+Each message row's COPY tuple is formatted as the row arrives, and a batch's claims of message ids
+when it is taken, both on the reading thread, so handing a batch over costs a join instead of a
+formatting pass that the database thread would wait for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iot_platform.consumer.copy_format import row_tuples, wrap
+from iot_platform.consumer.claims import Claims, claims_of
+from iot_platform.consumer.copy_format import copy_row, wrap
 from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow
 
@@ -21,11 +22,10 @@ class Batch:
     messages: list[MessageRow]
     dead_letters: list[DeadLetterRow]
     next_offsets: dict[TopicPartitionKey, int]  # per partition: last offset in the batch + 1
-    # copy_format.copy_data(messages) and copy_format.id_data(messages), when the reading thread
-    # formatted them ahead (keeps that Python work, which holds the GIL, off the database thread's
-    # critical path).
+    # copy_format.copy_data(messages) and claims.claims_of(messages), when the reading thread formatted
+    # them ahead (keeps that Python work, which holds the GIL, off the database thread's critical path).
     messages_copy: bytes | None = None
-    ids_copy: bytes | None = None
+    claims: Claims | None = None
     expired: tuple[ExpiredRange, ...] = ()  # gaps (deleted by retention before they were read) this batch moves past
 
 
@@ -37,11 +37,10 @@ def row_key(row: Row, messages_topic: str) -> TopicPartitionKey:
 
 def make_batch(
     rows: list[Row], messages_topic: str, copy_tuples: list[bytes] | None = None, expired: tuple[ExpiredRange, ...] = (),
-    id_tuples: list[bytes] | None = None,
 ) -> Batch:
-    """The batch of ``rows``: next offset per partition = its highest offset + 1; COPY data included
-    (``copy_tuples``, ``id_tuples``: the message rows' tuples and their claims', in order, when
-    already formatted); ``expired``: the gaps its records move past, recorded in the same transaction."""
+    """The batch of ``rows``: next offset per partition = its highest offset + 1; COPY data and claims
+    included (``copy_tuples``: the message rows' tuples, in order, when already formatted);
+    ``expired``: the gaps its records move past, recorded in the same transaction."""
     messages = [r for r in rows if isinstance(r, MessageRow)]
     letters = [r for r in rows if isinstance(r, DeadLetterRow)]
     next_offsets: dict[TopicPartitionKey, int] = {}
@@ -50,11 +49,9 @@ def make_batch(
         offset = row.kafka_offset + 1
         if offset > next_offsets.get(key, -1):
             next_offsets[key] = offset
-    if copy_tuples is None or id_tuples is None:
-        formatted = [row_tuples(r) for r in messages]
-        copy_tuples = copy_tuples if copy_tuples is not None else [message for message, _ in formatted]
-        id_tuples = id_tuples if id_tuples is not None else [claim for _, claim in formatted if claim is not None]
-    return Batch(messages, letters, next_offsets, wrap(copy_tuples), wrap(id_tuples), expired)
+    if copy_tuples is None:
+        copy_tuples = [copy_row(r) for r in messages]
+    return Batch(messages, letters, next_offsets, wrap(copy_tuples), claims_of(messages), expired)
 
 
 class PendingBatch:
@@ -62,7 +59,6 @@ class PendingBatch:
         self._messages_topic = messages_topic
         self._rows: list[Row] = []
         self._tuples: list[bytes] = []  # COPY tuples of the message rows among self._rows, in order
-        self._ids: list[bytes] = []  # and of their message ids' claims
         self._expired: list[ExpiredRange] = []  # gaps the pending records move past
 
     def __len__(self) -> int:
@@ -71,10 +67,7 @@ class PendingBatch:
     def append(self, row: Row) -> None:
         self._rows.append(row)
         if isinstance(row, MessageRow):
-            message, claim = row_tuples(row)
-            self._tuples.append(message)
-            if claim is not None:
-                self._ids.append(claim)
+            self._tuples.append(copy_row(row))
 
     def add_expired(self, ranges: list[ExpiredRange]) -> None:
         """Gaps found before records now pending: they are recorded with the batch that holds those records."""
@@ -86,7 +79,7 @@ class PendingBatch:
         kept = [(r, row_key(r, self._messages_topic)) for r in self._rows]
         if all(key not in partitions for _, key in kept):
             return
-        self._rows, self._tuples, self._ids = [], [], []
+        self._rows, self._tuples = [], []
         for row, key in kept:
             if key not in partitions:
                 self.append(row)
@@ -95,6 +88,6 @@ class PendingBatch:
         """The pending records and their batch, leaving nothing pending (None when there is none)."""
         if not self._rows:
             return None
-        rows, tuples, ids, expired = self._rows, self._tuples, self._ids, tuple(self._expired)
-        self._rows, self._tuples, self._ids, self._expired = [], [], [], []
-        return rows, make_batch(rows, self._messages_topic, tuples, expired, ids)
+        rows, tuples, expired = self._rows, self._tuples, tuple(self._expired)
+        self._rows, self._tuples, self._expired = [], [], []
+        return rows, make_batch(rows, self._messages_topic, tuples, expired)

@@ -3,37 +3,71 @@ partition's name composed with ``psycopg2.sql.Identifier``)."""
 
 from psycopg2 import sql
 
-from iot_platform.consumer.copy_format import ID_COLUMNS, MESSAGE_COLUMNS
+from iot_platform.consumer.copy_format import MESSAGE_COLUMNS
 
 # The staging table has no statistics, so the planner's cost estimate of a 10,000-row insert is far
 # above jit_above_cost: LLVM compilation then took 1.2-1.5 s of every batch's ~1.7 s. Never worth it
 # for these statements.
 SESSION_SETUP = "SET jit = off"
 
-# The fast path (no copy of an earlier message id expected): the claims are copied into ingest_ids
-# and inserted from there (COPY is refused on iot.message_ids, which is under row-level security),
-# and the rows are copied straight into their day partition (a partition has no policies of its
-# own; iot_ingest holds INSERT on each, migration 080). COPY into the table itself inserts a page of
-# rows at a time (one WAL record per page, no executor per row): PostgreSQL's CPU per row fell by
-# about a fifth against COPY into a staging table and INSERT ... SELECT (docs/benchmarks.md, "Rows
-# copied into their partition"). ingest_staging, with the columns of iot.messages, serves the
-# statement that handles copies and replays.
+# The fast path (no copy of an earlier message id expected): the batch's message ids are claimed in
+# iot.message_ids by one prepared statement from array literals (consumer/claims.py), then the rows
+# are copied straight into their day partition (a partition has no policies of its own; iot_ingest
+# holds INSERT on each, migration 080). COPY into the table itself inserts a page of rows at a time
+# (one WAL record per page, no executor per row): PostgreSQL's CPU per row fell by about a fifth
+# against COPY into a staging table and INSERT ... SELECT (docs/benchmarks.md, "Rows copied into
+# their partition"). ingest_staging, with the columns of iot.messages, serves the statement that
+# handles copies and replays; only a transaction that uses it pays for emptying it at commit.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
     tenant_id text, project_id text, mqtt_topic text, payload bytea, payload_json jsonb,
     message_id text, device_id text, device_ts timestamptz, received_at timestamptz,
     kafka_partition integer, kafka_offset bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ingest_ids (
-    tenant_id text, message_id text, received_at timestamptz, kafka_partition integer, kafka_offset bigint
 ) ON COMMIT DELETE ROWS
 """
 
 COPY_STAGING = f"COPY ingest_staging ({', '.join(MESSAGE_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
-COPY_IDS = f"COPY ingest_ids ({', '.join(ID_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
+EMPTY_STAGING = "TRUNCATE ingest_staging"
+
+# The statements every transaction runs, prepared once per connection: parsing, analysing and
+# planning them each time was about a quarter of a one-row transaction's CPU in PostgreSQL
+# (docs/design.md §11).
+# Creating the missing offset rows, then locking every row of the batch in key order (two writers
+# never deadlock) and reading the stored positions is one round trip (LOCK_OFFSETS). iot_claim_ids
+# unnests its arrays in the select list, where they advance in step without being stored first (in
+# FROM, each function's result is written to a tuplestore: 1.4-1.5 µs more per claim,
+# docs/benchmarks.md "A transaction's fixed work"), and converts the receive time with integer
+# arithmetic (seconds, then milliseconds), so the instant is exact over the whole range of receive
+# times, as the COPY's is.
+PREPARE_STATEMENTS = """
+PREPARE iot_create_offsets (text[], int[]) AS
+INSERT INTO iot.ingest_offsets (topic, partition, next_offset)
+SELECT topic, partition, 0 FROM unnest($1, $2) AS k (topic, partition)
+ON CONFLICT DO NOTHING;
+
+PREPARE iot_lock_offsets (text[], int[]) AS
+SELECT topic, partition, next_offset FROM iot.ingest_offsets
+WHERE (topic, partition) IN (SELECT * FROM unnest($1, $2))
+ORDER BY topic, partition
+FOR UPDATE;
+
+PREPARE iot_claim_ids (text[], text[], bigint[], int[], bigint[]) AS
+INSERT INTO iot.message_ids (tenant_id, message_id, received_at, kafka_partition, kafka_offset)
+SELECT tenant_id, message_id,
+       timestamptz 'epoch' + (ms / 1000) * interval '1 second' + (ms % 1000) * interval '1 millisecond',
+       kafka_partition, kafka_offset
+FROM (SELECT unnest($1) AS tenant_id, unnest($2) AS message_id, unnest($3) AS ms, unnest($4) AS kafka_partition,
+             unnest($5) AS kafka_offset) AS c;
+
+PREPARE iot_update_offsets (text[], int[], bigint[]) AS
+UPDATE iot.ingest_offsets o SET next_offset = v.next_offset, updated_at = now()
+FROM unnest($1, $2, $3) AS v (topic, partition, next_offset)
+WHERE o.topic = v.topic AND o.partition = v.partition
+"""
+LOCK_OFFSETS = "EXECUTE iot_create_offsets(%(topics)s, %(partitions)s); EXECUTE iot_lock_offsets(%(topics)s, %(partitions)s)"
 # No ON CONFLICT: a unique violation sends the batch to INSERT_FROM_STAGING.
-CLAIM_IDS = f"INSERT INTO iot.message_ids ({', '.join(ID_COLUMNS)}) SELECT {', '.join(ID_COLUMNS)} FROM ingest_ids"
-EMPTY_STAGING = "TRUNCATE ingest_staging, ingest_ids"
+CLAIM_IDS = "EXECUTE iot_claim_ids(%s, %s, %s, %s, %s)"
+UPDATE_OFFSETS = "EXECUTE iot_update_offsets(%s, %s, %s)"
 
 
 def copy_into_partition(partition: str) -> sql.Composed:
@@ -103,27 +137,9 @@ VALUES %s
 ON CONFLICT DO NOTHING
 """
 
-# One round trip: create the missing offset rows, then lock every row of the batch in key order
-# (two writers never deadlock) and read the stored positions.
-LOCK_OFFSETS = """
-INSERT INTO iot.ingest_offsets (topic, partition, next_offset)
-SELECT topic, partition, 0 FROM unnest(%(topics)s::text[], %(partitions)s::int[]) AS k (topic, partition)
-ON CONFLICT DO NOTHING;
-SELECT topic, partition, next_offset FROM iot.ingest_offsets
-WHERE (topic, partition) IN (SELECT * FROM unnest(%(topics)s::text[], %(partitions)s::int[]))
-ORDER BY topic, partition
-FOR UPDATE
-"""
-
 SELECT_OFFSETS = """
 SELECT topic, partition, next_offset FROM iot.ingest_offsets
 WHERE (topic, partition) IN (SELECT * FROM unnest(%s::text[], %s::int[]))
-"""
-
-UPDATE_OFFSETS = """
-UPDATE iot.ingest_offsets o SET next_offset = v.next_offset, updated_at = now()
-FROM (VALUES %s) AS v (topic, partition, next_offset)
-WHERE o.topic = v.topic AND o.partition = v.partition
 """
 
 # Offsets Kafka's retention deleted before the consumer read them, recorded with the batch that moves

@@ -7,15 +7,16 @@ transaction each partition's offset row is locked and records below the stored p
 so a batch written twice (a retry after a commit whose outcome was lost, a zombie consumer after a
 rebalance) adds nothing. A payload message id seen before for the same tenant (``iot.message_ids``)
 turns the row into an ``iot.duplicate_messages`` entry. The fast path expects no such copy: it
-claims the batch's message ids, then COPYs the rows straight into their day partitions. A unique
-violation (a copy of an earlier message id, two copies inside the batch, a replay that slipped past
-the fence) undoes that and stores the batch through a staging table with ``ON CONFLICT DO NOTHING``,
-which the writer uses directly after a batch that held copies (the server logs each failed attempt
-as an error). Likewise a bridge dead letter whose MQTT topic and message id were dead-lettered
-before becomes an ``iot.duplicate_dead_letters`` entry. A row PostgreSQL rejects is isolated by
-bisection under savepoints: retried once without its jsonb, then dead-lettered; the rest of the
-batch is stored. Infrastructure errors, and a privilege the writer lacks, propagate after a rollback
-(and the connection is dropped): nothing of the batch, offsets included, is stored.
+claims the batch's message ids (one prepared statement, consumer/claims.py), then COPYs the rows
+straight into their day partitions. A unique violation (a copy of an earlier message id, two copies
+inside the batch, a replay that slipped past the fence) undoes that and stores the batch through a
+staging table with ``ON CONFLICT DO NOTHING``, which the writer uses directly after a batch that held
+copies (the server logs each failed attempt as an error). Likewise a bridge dead letter whose MQTT
+topic and message id were dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row
+PostgreSQL rejects is isolated by bisection under savepoints: retried once without its jsonb, then
+dead-lettered; the rest of the batch is stored. Infrastructure errors, and a privilege the writer
+lacks, propagate after a rollback (and the connection is dropped): nothing of the batch, offsets
+included, is stored.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from iot_platform.consumer import copy_format, sql
+from iot_platform.consumer.claims import Claims, claims_of
 from iot_platform.consumer.pending import Batch  # what the reading thread hands over (re-exported here)
 from iot_platform.consumer.positions import ExpiredRange, TopicPartitionKey
 from iot_platform.consumer.records import DeadLetterRow, MessageRow, rejected
@@ -83,6 +85,7 @@ class BatchWriter:
                 with conn.cursor() as cur:
                     cur.execute(sql.SESSION_SETUP)
                     cur.execute(sql.CREATE_STAGING)
+                    cur.execute(sql.PREPARE_STATEMENTS)
                 conn.commit()
             except BaseException:
                 conn.close()
@@ -143,7 +146,7 @@ class BatchWriter:
         if fresh:
             whole = len(fresh) == len(batch.messages)
             letters += self._store_messages(cur, fresh, result, top_level=True, data=batch.messages_copy if whole else None,
-                                            ids=batch.ids_copy if whole else None)
+                                            claims=batch.claims if whole else None)
         if letters:
             self._store_dead_letters(cur, letters, result)
         # A gap below the stored position was recorded (or stored past) by whoever wrote that position.
@@ -152,8 +155,9 @@ class BatchWriter:
             values = [(e.topic, e.partition, e.first_offset, e.last_offset) for e in expired]
             rows = psycopg2.extras.execute_values(cur, sql.INSERT_EXPIRED, values, fetch=True)
             result.expired = [ExpiredRange(t, p, first, last) for t, p, first, last in rows]
-        advanced = [(t, p, max(n, stored.get((t, p), 0))) for (t, p), n in sorted(batch.next_offsets.items())]
-        psycopg2.extras.execute_values(cur, sql.UPDATE_OFFSETS, advanced, template="(%s, %s::int, %s::bigint)")
+        keys = sorted(batch.next_offsets)
+        advanced = [max(batch.next_offsets[key], stored.get(key, 0)) for key in keys]
+        cur.execute(sql.UPDATE_OFFSETS, ([t for t, _ in keys], [p for _, p in keys], advanced))
         return result
 
     def _store_dead_letters(self, cur: psycopg2.extensions.cursor, letters: list[DeadLetterRow], result: WriteResult) -> None:
@@ -178,14 +182,14 @@ class BatchWriter:
 
     def _store_messages(
         self, cur: psycopg2.extensions.cursor, rows: list[MessageRow], result: WriteResult, *, top_level: bool,
-        with_json: bool = True, data: bytes | None = None, ids: bytes | None = None,
+        with_json: bool = True, data: bytes | None = None, claims: Claims | None = None,
     ) -> list[DeadLetterRow]:
-        """Insert ``rows`` (``data``, ``ids``: their COPY data and their claims', if formatted ahead);
+        """Insert ``rows`` (``data``, ``claims``: their COPY data and claims, if formatted ahead);
         returns the dead letters of rows PostgreSQL rejected (bisecting to find them)."""
         cur.execute("SAVEPOINT rows")
         try:
             chunks = self._by_partition(rows, with_json, data)
-            if not self._copies_expected and _copy_rows(cur, chunks, copy_format.id_data(rows) if ids is None else ids):
+            if not self._copies_expected and _copy_rows(cur, chunks, claims_of(rows) if claims is None else claims):
                 inserted = len(rows)
             else:  # a copy or a replay among the rows: the fast path's work is undone
                 for _, chunk in chunks:
@@ -245,12 +249,11 @@ def _days(epoch_days: set[int]) -> set[dt.date]:
     return {_EPOCH_DAY + dt.timedelta(days=d) for d in epoch_days}
 
 
-def _copy_rows(cur: psycopg2.extensions.cursor, chunks: list[tuple[str, bytes]], ids: bytes) -> bool:
+def _copy_rows(cur: psycopg2.extensions.cursor, chunks: list[tuple[str, bytes]], claims: Claims) -> bool:
     """The fast path: claim the message ids, then COPY each day's rows into its partition. False
     after a unique violation, with everything it did undone (the savepoint "rows" stays)."""
     try:
-        cur.copy_expert(sql.COPY_IDS, io.BytesIO(ids), size=_COPY_BUFFER)
-        cur.execute(sql.CLAIM_IDS)
+        cur.execute(sql.CLAIM_IDS, claims)
         for partition, chunk in chunks:
             cur.copy_expert(sql.copy_into_partition(partition).as_string(cur), io.BytesIO(chunk), size=_COPY_BUFFER)
     except psycopg2.errors.UniqueViolation:

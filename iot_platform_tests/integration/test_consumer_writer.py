@@ -101,6 +101,38 @@ def test_every_column_arrives_exactly(settings: Settings) -> None:
     ]
 
 
+def test_claims_store_every_message_id_and_receive_time_exactly(settings: Settings) -> None:
+    """The fast path's claims travel as array literals: message ids with commas, braces, spaces,
+    quotes, backslashes, non-ASCII characters or the word NULL, of tenants with the same, and receive
+    times at both ends of their range, are stored in iot.message_ids exactly as in their rows; a
+    later copy of each is recognised as one."""
+    apply_migrations(settings, partitions_ahead_days=0)
+    ids = ["a,b", "{c}", " d ", "NULL", "", 'say "hi"', "back\\slash", "é€😀", "it's", "x" * 256]
+    times = [0, NOW_MS, 253_402_300_799_999]
+    tenants = ['t"1', "t\\2", "t 3,{}"]
+    rows = [row(i, tenant=tenants[i % 3], message_id=m, json_text='{"n": %d}' % i, received_at_ms=times[i % 3])
+            for i, m in enumerate(ids)]
+    key = (settings.kafka_topic, 0)
+    writer = BatchWriter(settings)
+    try:
+        assert writer.write(Batch(rows, [], {key: len(rows)})).inserted == len(rows)
+        copies = [row(len(rows) + i, tenant=r.tenant_id, message_id=r.message_id, received_at_ms=NOW_MS) for i, r in enumerate(rows)]
+        copied = writer.write(Batch(copies, [], {key: 2 * len(rows)}))
+    finally:
+        writer.close()
+    assert (copied.inserted, copied.duplicates_message_id) == (0, len(rows))
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT c.tenant_id, c.message_id, (extract(epoch FROM c.received_at) * 1000)::bigint,"
+                        " c.received_at = m.received_at, c.kafka_offset FROM iot.message_ids c"
+                        " JOIN iot.messages m USING (kafka_partition, kafka_offset) ORDER BY c.kafka_offset")
+            stored = cur.fetchall()
+    finally:
+        conn.close()
+    assert stored == [(r.tenant_id, r.message_id, r.received_at_ms, True, r.kafka_offset) for r in rows]
+
+
 def test_rewritten_batch_adds_nothing(settings: Settings) -> None:
     """A batch written again (lost commit acknowledgement, zombie consumer) is skipped as a replay:
     rows, dead letters, message ids and the offset are unchanged."""

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from iot_platform.consumer.copy_format import ID_COLUMNS, MESSAGE_COLUMNS, copy_data, copy_row, id_data, timestamp_ms
+from iot_platform.consumer.claims import Claims, claims_of, text_array
+from iot_platform.consumer.copy_format import MESSAGE_COLUMNS, copy_data, copy_row, timestamp_ms
 from iot_platform.consumer.positions import ExpiredRange, Positions
 from iot_platform.consumer.records import (
     MAX_RECEIVED_AT_MS,
@@ -156,16 +157,24 @@ def test_copy_tuple_fields() -> None:
     assert parse_copy(copy_data([bare]))[0][3:8] == [b"\x00\xff\\N", None, None, b"d1", None]
 
 
-def test_id_data_holds_the_claims_of_rows_with_a_message_id() -> None:
-    """A claim per row with a message id, in order: tenant, id, receive time, Kafka coordinates."""
-    rows = [MessageRow("acmé", "p", "t", b"x", None, message_id, None, None, 1000, 2, offset)
+def test_claims_hold_the_rows_with_a_message_id_in_order() -> None:
+    """One element per row with a message id, in order: tenant, id, receive time in epoch
+    milliseconds, Kafka coordinates; no claims, empty arrays."""
+    rows = [MessageRow("acmé", "p", "t", b"x", None, message_id, None, None, 1000 + offset, 2, offset)
             for offset, message_id in enumerate(["m€0", None, "m2"])]
-    claims = parse_copy(id_data(rows))
-    assert len(claims) == 2 and all(len(fields) == len(ID_COLUMNS) for fields in claims)
-    assert [fields[:2] for fields in claims] == [["acmé".encode(), "m€0".encode()], ["acmé".encode(), b"m2"]]
-    assert [signed(fields[2]) for fields in claims] == [micros_since_2000(dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc))] * 2
-    assert [(signed(fields[3]), signed(fields[4])) for fields in claims] == [(2, 0), (2, 2)]
-    assert parse_copy(id_data([])) == []
+    assert claims_of(rows) == Claims('{"acmé","acmé"}', '{"m€0","m2"}', "{1000,1002}", "{2,2}", "{0,2}")
+    assert claims_of([]) == Claims("{}", "{}", "{}", "{}", "{}")
+    assert claims_of([rows[1]]) == claims_of([])
+
+
+@pytest.mark.parametrize(("values", "literal"), [
+    (["a,b", "{c}", " d ", "NULL", ""], '{"a,b","{c}"," d ","NULL",""}'),
+    (['say "hi"', "back\\slash", "plain"], '{"say \\"hi\\"","back\\\\slash","plain"}'),
+])
+def test_text_array_quotes_every_element_and_escapes_only_quote_and_backslash(values: list[str], literal: str) -> None:
+    """Quoted elements keep separators, braces, spaces and the word NULL as text; only a double quote
+    and a backslash are escaped (the whole batch, once one element needs it)."""
+    assert text_array(values) == literal
 
 
 @pytest.mark.parametrize("epoch_ms", [0, 1_700_000_000_123, MAX_RECEIVED_AT_MS])

@@ -124,10 +124,11 @@ def test_nothing_is_written_after_an_abandoned_batch(tmp_path) -> None:  # type:
 
 
 def test_pending_batch_formats_as_rows_arrive_and_drops_revoked_partitions() -> None:
-    """The batch taken from PendingBatch carries exactly the COPY data of its message rows and of
-    their ids' claims (formatted on arrival), also after the rows of a revoked partition were
-    dropped; taking leaves nothing."""
-    from iot_platform.consumer.copy_format import copy_data, id_data
+    """The batch taken from PendingBatch carries exactly the COPY data of its message rows (formatted
+    on arrival) and their ids' claims, also after the rows of a revoked partition were dropped;
+    taking leaves nothing."""
+    from iot_platform.consumer.claims import claims_of
+    from iot_platform.consumer.copy_format import copy_data
 
     pending = PendingBatch("msgs")
     rows = [MessageRow("t", "p", "x", bytes([i]), None, f"m{i}" if i % 3 else None, None, None, 0, i % 2, i) for i in range(6)]
@@ -139,5 +140,5 @@ def test_pending_batch_formats_as_rows_arrive_and_drops_revoked_partitions() -> 
     kept, batch = taken
     assert batch.messages == rows[0::2] and len(kept) == 4
     assert batch.messages_copy == copy_data(rows[0::2])
-    assert batch.ids_copy == id_data(rows[0::2]) != id_data([])  # the claim of m2 and of m4
+    assert batch.claims == claims_of(rows[0::2]) != claims_of([])  # the claim of m2 and of m4
     assert batch.next_offsets == {("msgs", 0): 5, ("dlq", 0): 5}
