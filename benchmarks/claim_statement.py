@@ -24,25 +24,17 @@ import argparse
 import io
 import json
 import random
-import shutil
 import struct
-import tempfile
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 from consumer_throughput import _cpu_seconds as cpu_seconds  # benchmarks/ is the script's directory
-from insert_path import make_rows
+from insert_path import make_rows, private_database
 
 from iot_platform.consumer import sql
 from iot_platform.consumer.claims import claims_of
 from iot_platform.consumer.records import MessageRow
-from iot_platform.settings import Settings
-from iot_platform.stack.databases import ensure_platform_role_and_databases
-from iot_platform.stack.ports import free_port
-from iot_platform.stack.postgres import PostgresServer
 from iot_platform.storage.db import connect
-from iot_platform.storage.migrate import apply_migrations
 
 _RECEIVED_AT = "timestamptz 'epoch' + (ms / 1000) * interval '1 second' + (ms % 1000) * interval '1 millisecond'"
 UNNEST_IN_FROM = f"""
@@ -79,14 +71,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=100, help="batches per way")
     args = parser.parse_args()
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="iot-bench-claims-"))
-        stack.callback(shutil.rmtree, workdir, True)
-        postgres = PostgresServer(workdir / "postgres", free_port())
-        stack.callback(postgres.destroy)
-        postgres.start()
-        settings = Settings(home=workdir / "home", pg_host=postgres.host, pg_port=postgres.port)
-        ensure_platform_role_and_databases(postgres.admin_dsn, settings, settings.pg_database)
-        apply_migrations(settings)
+        settings = private_database(stack, "iot-bench-claims-")
         ways = {}
         for way, setup in (("shipped", sql.PREPARE_STATEMENTS), ("unnest-in-from", UNNEST_IN_FROM), ("temp-table", TEMP_TABLE)):
             conn = connect(settings)

@@ -50,6 +50,19 @@ WITHOUT = {
 }
 
 
+def private_database(stack: ExitStack, prefix: str) -> Settings:
+    """Settings of a private, migrated PostgreSQL in a temporary directory, both removed when ``stack`` closes."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    stack.callback(shutil.rmtree, workdir, True)
+    postgres = PostgresServer(workdir / "postgres", free_port())
+    stack.callback(postgres.destroy)
+    postgres.start()
+    settings = Settings(home=workdir / "home", pg_host=postgres.host, pg_port=postgres.port)
+    ensure_platform_role_and_databases(postgres.admin_dsn, settings, settings.pg_database)
+    apply_migrations(settings)
+    return settings
+
+
 def make_rows(first_offset: int, count: int, received_at_ms: int, rng: random.Random, *, with_id: bool) -> list[MessageRow]:
     rows = []
     device_ts = dt.datetime.fromtimestamp(received_at_ms / 1000, dt.timezone.utc)
@@ -72,14 +85,7 @@ def main() -> int:
     parser.add_argument("--without", choices=sorted(WITHOUT), help="price one stored promise (see above)")
     args = parser.parse_args()
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="iot-bench-insert-"))
-        stack.callback(shutil.rmtree, workdir, True)
-        postgres = PostgresServer(workdir / "postgres", free_port())
-        stack.callback(postgres.destroy)
-        postgres.start()
-        settings = Settings(home=workdir / "home", pg_host=postgres.host, pg_port=postgres.port)
-        ensure_platform_role_and_databases(postgres.admin_dsn, settings, settings.pg_database)
-        apply_migrations(settings)
+        settings = private_database(stack, "iot-bench-insert-")
         if WITHOUT.get(args.without):
             conn = connect(settings, autocommit=True)
             with conn.cursor() as cur:

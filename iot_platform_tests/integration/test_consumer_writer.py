@@ -26,24 +26,22 @@ def row(offset: int, *, tenant: str = "acme", json_text: str | None = None, mess
     return MessageRow(tenant, "p1", "a/b", payload, json_text, message_id, None, None, received_at_ms, 0, offset)
 
 
-def rows_by_offset(settings: Settings) -> dict[int, tuple]:
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT kafka_offset, payload, payload_json IS NULL FROM iot.messages")
-            return {o: (bytes(p), j) for o, p, j in cur.fetchall()}
-    finally:
-        conn.close()
-
-
-def scalar(settings: Settings, statement: str) -> object:
+def fetch_all(settings: Settings, statement: str) -> list[tuple]:
     conn = connect(settings)
     try:
         with conn.cursor() as cur:
             cur.execute(statement)
-            return cur.fetchone()[0]
+            return cur.fetchall()
     finally:
         conn.close()
+
+
+def rows_by_offset(settings: Settings) -> dict[int, tuple]:
+    return {o: (bytes(p), j) for o, p, j in fetch_all(settings, "SELECT kafka_offset, payload, payload_json IS NULL FROM iot.messages")}
+
+
+def scalar(settings: Settings, statement: str) -> object:
+    return fetch_all(settings, statement)[0][0]
 
 
 def test_bad_rows_are_isolated_and_the_batch_is_stored(settings: Settings) -> None:
@@ -85,15 +83,10 @@ def test_every_column_arrives_exactly(settings: Settings) -> None:
         assert writer.write(Batch(rows, [], {(settings.kafka_topic, 0): 3})).inserted == 3
     finally:
         writer.close()
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT tenant_id, project_id, mqtt_topic, payload, payload_json, message_id, device_id, device_ts,"
-                        " (extract(epoch FROM received_at) * 1000)::bigint, kafka_partition, kafka_offset"
-                        " FROM iot.messages ORDER BY kafka_offset")
-            stored = [(*r[:3], bytes(r[3]), *r[4:]) for r in cur.fetchall()]
-    finally:
-        conn.close()
+    found = fetch_all(settings, "SELECT tenant_id, project_id, mqtt_topic, payload, payload_json, message_id, device_id,"
+                      " device_ts, (extract(epoch FROM received_at) * 1000)::bigint, kafka_partition, kafka_offset"
+                      " FROM iot.messages ORDER BY kafka_offset")
+    stored = [(*r[:3], bytes(r[3]), *r[4:]) for r in found]
     assert stored == [
         ("t\tw€", "p\\1", "a/b\nc", bytes(range(256)), None, "m\t1", "dev-é", device_ts, NOW_MS, 0, 0),
         ("acme", "p1", "a/b", b'{"v": 1.5}', {"v": 1.5}, None, None, before_2000, 0, 0, 1),
@@ -121,15 +114,9 @@ def test_claims_store_every_message_id_and_receive_time_exactly(settings: Settin
     finally:
         writer.close()
     assert (copied.inserted, copied.duplicates_message_id) == (0, len(rows))
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT c.tenant_id, c.message_id, (extract(epoch FROM c.received_at) * 1000)::bigint,"
-                        " c.received_at = m.received_at, c.kafka_offset FROM iot.message_ids c"
-                        " JOIN iot.messages m USING (kafka_partition, kafka_offset) ORDER BY c.kafka_offset")
-            stored = cur.fetchall()
-    finally:
-        conn.close()
+    stored = fetch_all(settings, "SELECT c.tenant_id, c.message_id, (extract(epoch FROM c.received_at) * 1000)::bigint,"
+                                 " c.received_at = m.received_at, c.kafka_offset FROM iot.message_ids c"
+                                 " JOIN iot.messages m USING (kafka_partition, kafka_offset) ORDER BY c.kafka_offset")
     assert stored == [(r.tenant_id, r.message_id, r.received_at_ms, True, r.kafka_offset) for r in rows]
 
 
@@ -301,13 +288,7 @@ def test_a_batch_across_midnight_goes_to_both_day_partitions(settings: Settings)
     finally:
         writer.close()
     assert result.inserted == 3
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT kafka_offset, c.relname FROM iot.messages m JOIN pg_class c ON c.oid = m.tableoid ORDER BY 1")
-            found = cur.fetchall()
-    finally:
-        conn.close()
+    found = fetch_all(settings, "SELECT kafka_offset, c.relname FROM iot.messages m JOIN pg_class c ON c.oid = m.tableoid ORDER BY 1")
     day = dt.datetime.fromtimestamp(midnight_ms / 1000, dt.timezone.utc)
     before, after = f"messages_p{day - dt.timedelta(days=1):%Y%m%d}", f"messages_p{day:%Y%m%d}"
     assert found == [(0, before), (1, after), (2, before)]
