@@ -4,9 +4,9 @@ The fast path claims a batch's message ids in ``iot.message_ids`` with ``iot_cla
 (consumer/sql.py), which unnests five arrays: tenant, message id, receive time (epoch milliseconds),
 Kafka partition and offset. They travel as array literals, so the claims need no temporary table:
 before, they were copied into one, and PostgreSQL emptied it, with its TOAST table and index, at
-every commit (about a quarter of a one-row transaction's CPU there, docs/design.md §11). Every text element is
-double-quoted with backslash and double quote escaped, so an id holding commas, braces, spaces,
-quotes or the word NULL reads back exactly; the integers are exact decimal.
+every commit (about a quarter of a one-row transaction's CPU there, docs/design.md §11). Every text
+element is double-quoted with backslash and double quote escaped, so an id holding commas, braces,
+spaces, quotes or the word NULL reads back exactly; the integers are exact decimal.
 """
 
 from __future__ import annotations

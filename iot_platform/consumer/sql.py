@@ -31,14 +31,13 @@ EMPTY_STAGING = "TRUNCATE ingest_staging"
 
 # The statements every transaction runs, prepared once per connection: parsing, analysing and
 # planning them each time was about a quarter of a one-row transaction's CPU in PostgreSQL
-# (docs/design.md §11).
-# Creating the missing offset rows, then locking every row of the batch in key order (two writers
-# never deadlock) and reading the stored positions is one round trip (LOCK_OFFSETS). iot_claim_ids
-# unnests its arrays in the select list, where they advance in step without being stored first (in
-# FROM, each function's result is written to a tuplestore: 1.4-1.5 µs more per claim,
-# docs/benchmarks.md "A transaction's fixed work"), and converts the receive time with integer
-# arithmetic (seconds, then milliseconds), so the instant is exact over the whole range of receive
-# times, as the COPY's is.
+# (docs/design.md §11). Creating the missing offset rows, then locking every row of the batch in
+# key order (two writers never deadlock) and reading the stored positions is one round trip
+# (LOCK_OFFSETS). iot_claim_ids unnests its arrays in the select list, where they advance in step
+# without being stored first (in FROM, each function's result is written to a tuplestore: 1.4-1.5
+# µs more per claim, docs/benchmarks.md "A transaction's fixed work"), and converts the receive time
+# with integer arithmetic (seconds, then milliseconds), so the instant is exact over the whole range
+# of receive times, as the COPY's is.
 PREPARE_STATEMENTS = """
 PREPARE iot_create_offsets (text[], int[]) AS
 INSERT INTO iot.ingest_offsets (topic, partition, next_offset)
