@@ -33,6 +33,7 @@ from insert_path import make_rows, private_database
 
 from iot_platform.consumer import sql
 from iot_platform.consumer.claims import claims_of
+from iot_platform.consumer.copy_format import wrap
 from iot_platform.consumer.records import MessageRow
 from iot_platform.storage.db import connect
 
@@ -62,7 +63,7 @@ def copy_claims(rows: list[MessageRow]) -> bytes:
     tuples = [struct.pack(">h", 5) + _text(r.tenant_id) + _text(r.message_id or "")
               + struct.pack(">iqiiiq", 8, (r.received_at_ms - _EPOCH_2000_MS) * 1000, 4, r.kafka_partition, 8, r.kafka_offset)
               for r in rows]
-    return b"".join((b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0), *tuples, struct.pack(">h", -1)))
+    return wrap(tuples)
 
 
 def main() -> int:

@@ -14,9 +14,10 @@ staging table with ``ON CONFLICT DO NOTHING``, which the writer uses directly af
 copies (the server logs each failed attempt as an error). Likewise a bridge dead letter whose MQTT
 topic and message id were dead-lettered before becomes an ``iot.duplicate_dead_letters`` entry. A row
 PostgreSQL rejects is isolated by bisection under savepoints: retried once without its jsonb, then
-dead-lettered; the rest of the batch is stored. Infrastructure errors, and a privilege the writer
-lacks, propagate after a rollback (and the connection is dropped): nothing of the batch, offsets
-included, is stored.
+dead-lettered; the rest of the batch is stored. Infrastructure errors (a session that lost the
+writer's prepared statements among them: psycopg2 raises OperationalError), and a privilege the
+writer lacks, propagate after a rollback (and the connection is dropped): nothing of the batch,
+offsets included, is stored; the next connection prepares the statements again.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ class BatchWriter:
                 duplicates = cur.rowcount
             if top_level:  # the savepoint stays open: the commit releases it, one round trip fewer
                 self._copies_expected = duplicates > 0
-            else:  # later bisection steps reuse the staging tables in this transaction
+            else:  # later bisection steps reuse the staging table in this transaction
                 cur.execute(sql.EMPTY_STAGING + "; RELEASE SAVEPOINT rows")
         except (psycopg2.Error, ValueError) as exc:
             if isinstance(exc, psycopg2.errors.UndefinedTable) and "messages_p" in str(exc):

@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 import time
 
+import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
@@ -118,6 +119,27 @@ def test_claims_store_every_message_id_and_receive_time_exactly(settings: Settin
                                  " c.received_at = m.received_at, c.kafka_offset FROM iot.message_ids c"
                                  " JOIN iot.messages m USING (kafka_partition, kafka_offset) ORDER BY c.kafka_offset")
     assert stored == [(r.tenant_id, r.message_id, r.received_at_ms, True, r.kafka_offset) for r in rows]
+
+
+def test_a_session_without_the_prepared_statements_fails_the_write_whole(settings: Settings) -> None:
+    """A session that lost the writer's prepared statements (a pooler in transaction mode would do
+    that) fails the write like an unreachable database: nothing stored, no row dead-lettered; the
+    retry, on a new connection, prepares them again and stores the batch."""
+    apply_migrations(settings)
+    key = (settings.kafka_topic, 0)
+    batch = Batch([row(2, json_text='{"msg_id": "b"}', message_id="b")], [], {key: 3})
+    writer = BatchWriter(settings)
+    try:
+        writer.write(Batch([row(0, json_text='{"msg_id": "a"}', message_id="a"), row(1)], [], {key: 2}))
+        with writer._connection().cursor() as cur:
+            cur.execute("DEALLOCATE iot_claim_ids")
+        with pytest.raises(psycopg2.errors.InvalidSqlStatementName):
+            writer.write(batch)
+        assert (scalar(settings, "SELECT count(*) FROM iot.dead_letters"), scalar(settings, "SELECT next_offset FROM iot.ingest_offsets")) == (0, 2)
+        assert writer.write(batch).inserted == 1
+    finally:
+        writer.close()
+    assert sorted(rows_by_offset(settings)) == [0, 1, 2]
 
 
 def test_rewritten_batch_adds_nothing(settings: Settings) -> None:
