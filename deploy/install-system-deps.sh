@@ -19,7 +19,8 @@ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    brokers_before=" $(pgrep -x mosquitto | tr '\n' ' ') "
+    # pgrep exits 1 when no broker runs; under pipefail that would end the script here.
+    brokers_before=" $( (pgrep -x mosquitto || true) | tr '\n' ' ') "
     echo "installing: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
