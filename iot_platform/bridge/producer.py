@@ -53,6 +53,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "delivery.timeout.ms": settings.kafka_delivery_timeout_ms,
         "request.timeout.ms": settings.kafka_request_timeout_ms,
         "message.max.bytes": settings.kafka_max_message_bytes,
+        "queue.buffering.max.kbytes": settings.bridge_buffer_kb,
         "socket.connection.setup.timeout.ms": 10_000,
         "reconnect.backoff.max.ms": int(settings.bridge_reconnect_max_backoff_s * 1000),
         "logger": _LIBRDKAFKA_LOG,
@@ -122,6 +123,11 @@ class ReliableProducer:
         """Drop librdkafka's unsent copies (never acked, so the broker redelivers them) and release it."""
         self._producer.purge()
         self._producer.poll(0)
+
+    @property
+    def full(self) -> bool:
+        """librdkafka's queue refused a record that now waits in the backlog: take no more for now."""
+        return bool(self._backlog)
 
     @property
     def waiting(self) -> int:

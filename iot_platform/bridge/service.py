@@ -7,8 +7,8 @@ broker keeps it and redelivers it, which can duplicate a message in Kafka but ne
 Acks go out in the order the messages arrived (acks.py). Backpressure is the broker's inflight
 window: while Kafka is slow, acks stop and the broker stops sending; and because Mosquitto 2.0.11
 sends a resuming session more than the window, the bridge also stops reading its socket while it
-holds ``mqtt_receive_maximum`` unacked messages, so its memory is bounded by the window, not by
-the broker's backlog. MQTT reconnects forever with the platform's jittered backoff (core/retry.py, paho's network thread); librdkafka
+holds ``mqtt_receive_maximum`` unacked messages, or while the producer's buffer (``bridge_buffer_kb``)
+is full, so its memory is bounded by the window and the buffer, not by the broker's backlog. MQTT reconnects forever with the platform's jittered backoff (core/retry.py, paho's network thread); librdkafka
 reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
@@ -104,9 +104,11 @@ class Bridge:
         return s.received - s.acked - s.acks_discarded - self._producer.stale_failures
 
     def _over_window(self) -> bool:
-        """As many unacked messages held as the window allows (paho's thread, before every packet read)."""
+        """As many unacked messages held as the window allows, or as many bytes waiting for Kafka as
+        the producer's buffer takes (paho's thread, before every packet read)."""
         s = self.stats
-        if s.received - s.acked - s.acks_discarded - self._producer.stale_failures >= self._window and self._gate.connected:
+        held = s.received - s.acked - s.acks_discarded - self._producer.stale_failures
+        if (held >= self._window or self._producer.full) and self._gate.connected:
             s.read_pauses += 1
             return True
         return False

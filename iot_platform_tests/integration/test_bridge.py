@@ -308,14 +308,16 @@ def test_batched_acks_are_accepted_so_a_restart_gets_no_redelivery(
     assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 0, timeout_s=5) == len(messages) + 1
 
 
-def queue_in_session(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], count: int) -> None:
-    """Create the bridge's persistent session, stop the bridge, and publish ``count`` messages into it."""
+def queue_in_session(settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess], count: int,
+                     payload_bytes: int = 0) -> None:
+    """Create the bridge's persistent session, stop the bridge, and publish ``count`` messages into it
+    (each padded with spaces, still JSON, to ``payload_bytes``)."""
     first = bridge_factory(settings).start().wait_subscribed()
     assert first.terminate() == 0
     publisher = Publisher(settings)
     try:
         for topic, payload in telemetry(settings, count):
-            publisher.publish(topic, payload)
+            publisher.publish(topic, payload.ljust(payload_bytes))
         assert len(publisher.acknowledged()) == count
     finally:
         publisher.close()
@@ -366,6 +368,27 @@ def test_paused_at_the_window_the_bridge_keeps_its_connection_through_keepalives
     seen = heartbeats(bridge)
     assert len(seen) >= 12 and seen[-1]["in_flight"] == 100, seen[-1:]
     assert all(h["connected"] for h in seen) and len({h["generation"] for h in seen}) == 1, "no reconnect while paused"
+    assert bridge.terminate() == 0
+
+
+def test_large_payloads_stop_the_reading_at_the_producers_buffer_before_the_window(
+    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
+) -> None:
+    """Kafka unreachable, 200 payloads of 16 KiB waiting in the session, a window of 1,000 and a
+    producer buffer of 128 KiB: once librdkafka's queue is full the bridge reads nothing more, so it
+    holds a few buffers' worth of messages (about 8 fit), not the 200 the window would let in."""
+    settings = settings.model_copy(update={
+        "kafka_bootstrap": f"127.0.0.1:{free_port()}",  # nothing listens: deliveries wait
+        "mqtt_receive_maximum": 1000, "bridge_buffer_kb": 128, "heartbeat_interval_s": 0.1,
+        "bridge_shutdown_timeout_s": 1.0,
+    })
+    queue_in_session(settings, bridge_factory, 200, payload_bytes=16 * 1024)
+    bridge = bridge_factory(settings).start().wait_subscribed(event="mqtt connected")
+    time.sleep(3)
+    seen = heartbeats(bridge)
+    assert seen and seen[-1]["read_pauses"] > 0, "reading never paused: the buffer was not reached"
+    held = max(int(h["in_flight"]) for h in seen)
+    assert 0 < held <= 16, f"{held} messages of 16 KiB held with a 128 KiB buffer"
     assert bridge.terminate() == 0
 
 
