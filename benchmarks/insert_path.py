@@ -12,7 +12,12 @@ security off on the two tables written), `message-id` (rows without a message id
 `iot.message_ids`). None of these is a supported configuration; they answer "what would storing
 less save".
 
+`--warmup-batches N` writes N batches before measuring (5 by default) and `--checkpoint` then runs
+a CHECKPOINT: an older server, whose indexes are larger, whose shared buffers have all been touched
+and whose WAL segments are recycled instead of created and zero-filled.
+
 Usage: .venv/bin/python benchmarks/insert_path.py [--batch-size 2000] [--batches 40] [--without jsonb]
+       [--warmup-batches 5] [--checkpoint]
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 
+import psycopg2
 from consumer_throughput import _cpu_seconds as cpu_seconds  # benchmarks/ is the script's directory
+from psycopg2 import sql as psql
 
 from iot_platform.consumer.copy_format import copy_row
 from iot_platform.consumer.pending import make_batch
@@ -50,8 +57,9 @@ WITHOUT = {
 }
 
 
-def private_database(stack: ExitStack, prefix: str) -> Settings:
-    """Settings of a private, migrated PostgreSQL in a temporary directory, both removed when ``stack`` closes."""
+def private_database(stack: ExitStack, prefix: str, *, may_checkpoint: bool = False) -> Settings:
+    """Settings of a private, migrated PostgreSQL in a temporary directory, both removed when ``stack``
+    closes; ``may_checkpoint`` lets the platform's role run CHECKPOINT (pg_checkpoint)."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     stack.callback(shutil.rmtree, workdir, True)
     postgres = PostgresServer(workdir / "postgres", free_port())
@@ -59,6 +67,10 @@ def private_database(stack: ExitStack, prefix: str) -> Settings:
     postgres.start()
     settings = Settings(home=workdir / "home", pg_host=postgres.host, pg_port=postgres.port)
     ensure_platform_role_and_databases(postgres.admin_dsn, settings, settings.pg_database)
+    if may_checkpoint:
+        with closing(psycopg2.connect(postgres.admin_dsn)) as admin, admin.cursor() as cur:
+            cur.execute(psql.SQL("GRANT pg_checkpoint TO {}").format(psql.Identifier(settings.pg_user)))
+            admin.commit()
     apply_migrations(settings)
     return settings
 
@@ -81,11 +93,13 @@ def make_rows(first_offset: int, count: int, received_at_ms: int, rng: random.Ra
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=2000)
-    parser.add_argument("--batches", type=int, default=40, help="measured batches (after %d warm-up batches)" % WARMUP_BATCHES)
+    parser.add_argument("--batches", type=int, default=40, help="measured batches (after the warm-up batches)")
+    parser.add_argument("--warmup-batches", type=int, default=WARMUP_BATCHES, help="batches written before measuring")
+    parser.add_argument("--checkpoint", action="store_true", help="CHECKPOINT after the warm-up (see above)")
     parser.add_argument("--without", choices=sorted(WITHOUT), help="price one stored promise (see above)")
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings = private_database(stack, "iot-bench-insert-")
+        settings = private_database(stack, "iot-bench-insert-", may_checkpoint=args.checkpoint)
         if WITHOUT.get(args.without):
             conn = connect(settings, autocommit=True)
             with conn.cursor() as cur:
@@ -94,7 +108,7 @@ def main() -> int:
         now_ms = int(time.time() * 1000)
         rng = random.Random(1)
         rows = [make_rows(b * args.batch_size, args.batch_size, now_ms, rng, with_id=args.without != "message-id")
-                for b in range(WARMUP_BATCHES + args.batches)]
+                for b in range(args.warmup_batches + args.batches)]
         started = time.process_time()
         batches = []
         for batch in rows:
@@ -102,19 +116,22 @@ def main() -> int:
         formatting_s = time.process_time() - started
         writer = BatchWriter(settings)
         stack.callback(writer.close)
-        for batch in batches[:WARMUP_BATCHES]:
+        for batch in batches[:args.warmup_batches]:
             writer.write(batch)
         probe = connect(settings, autocommit=True)
         with probe.cursor() as cur:  # the writer's backend: the only other client of this private server
             cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'iot-platform' AND pid <> pg_backend_pid()"
                         " AND backend_type = 'client backend'")
             (backend,) = [pid for (pid,) in cur.fetchall()]
+            if args.checkpoint:
+                cur.execute("CHECKPOINT")
         probe.close()
         before = cpu_seconds(backend)
-        for batch in batches[WARMUP_BATCHES:]:
+        for batch in batches[args.warmup_batches:]:
             writer.write(batch)
         measured = args.batches * args.batch_size
-        print(json.dumps({"without": args.without, "batch_size": args.batch_size, "rows_measured": measured,
+        print(json.dumps({"without": args.without, "batch_size": args.batch_size, "warmup_batches": args.warmup_batches,
+                          "checkpoint": args.checkpoint, "rows_measured": measured,
                           "backend_us_per_row": round((cpu_seconds(backend) - before) / measured * 1e6, 1),
                           "copy_format_us_per_row": round(formatting_s / len(batches) / args.batch_size * 1e6, 2)}))
     return 0
