@@ -8,8 +8,9 @@ Acks go out in the order the messages arrived (acks.py). Backpressure is the bro
 window: while Kafka is slow, acks stop and the broker stops sending; and because Mosquitto 2.0.11
 sends a resuming session more than the window, the bridge also stops reading its socket while it
 holds ``mqtt_receive_maximum`` unacked messages, or while the producer's buffer (``bridge_buffer_kb``)
-is full, so its memory is bounded by the window and the buffer, not by the broker's backlog. MQTT reconnects forever with the platform's jittered backoff (core/retry.py, paho's network thread); librdkafka
-reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
+is full, so its memory is bounded by the window and the buffer, not by the broker's backlog. MQTT
+reconnects forever with the platform's jittered backoff (core/retry.py, paho's network thread);
+librdkafka reconnects to Kafka on its own; failed deliveries are produced again (producer.py).
 
 Threads: paho's network thread receives, builds records and hands them to the producer; the main
 thread polls the producer (delivery reports, retries) and then queues the acks confirmed so far as
