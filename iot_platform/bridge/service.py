@@ -107,10 +107,8 @@ class Bridge:
     def _over_window(self) -> bool:
         """As many unacked messages held as the window allows, or as many bytes waiting for Kafka as
         the producer's buffer takes (paho's thread, before every packet read)."""
-        s = self.stats
-        held = s.received - s.acked - s.acks_discarded - self._producer.stale_failures
-        if (held >= self._window or self._producer.full) and self._gate.connected:
-            s.read_pauses += 1
+        if (self.in_flight >= self._window or self._producer.full) and self._gate.connected:
+            self.stats.read_pauses += 1
             return True
         return False
 

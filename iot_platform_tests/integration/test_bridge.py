@@ -372,24 +372,33 @@ def test_paused_at_the_window_the_bridge_keeps_its_connection_through_keepalives
 
 
 def test_large_payloads_stop_the_reading_at_the_producers_buffer_before_the_window(
-    settings: Settings, bridge_factory: Callable[[Settings], BridgeProcess]
+    settings: Settings, private_kafka: KafkaServer, bridge_factory: Callable[[Settings], BridgeProcess]
 ) -> None:
-    """Kafka unreachable, 200 payloads of 16 KiB waiting in the session, a window of 1,000 and a
-    producer buffer of 128 KiB: once librdkafka's queue is full the bridge reads nothing more, so it
-    holds a few buffers' worth of messages (about 8 fit), not the 200 the window would let in."""
+    """Kafka stopped (SIGSTOP), 200 payloads of 16 KiB waiting in the session, a window of 1,000 and
+    a producer buffer of 128 KiB: once librdkafka's queue is full the bridge reads nothing more, so it
+    holds a few buffers' worth of messages (about 8 fit), not the 200 the window would let in. Kafka
+    resumed, the reading resumes with it: all 200 reach Kafka and are acked."""
     settings = settings.model_copy(update={
-        "kafka_bootstrap": f"127.0.0.1:{free_port()}",  # nothing listens: deliveries wait
+        "kafka_bootstrap": private_kafka.bootstrap,
         "mqtt_receive_maximum": 1000, "bridge_buffer_kb": 128, "heartbeat_interval_s": 0.1,
-        "bridge_shutdown_timeout_s": 1.0,
     })
+    ensure_topics(settings)
     queue_in_session(settings, bridge_factory, 200, payload_bytes=16 * 1024)
-    bridge = bridge_factory(settings).start().wait_subscribed(event="mqtt connected")
-    time.sleep(3)
-    seen = heartbeats(bridge)
+    private_kafka.pause()
+    try:
+        bridge = bridge_factory(settings).start().wait_subscribed(event="mqtt connected")
+        time.sleep(3)
+        seen = heartbeats(bridge)
+    finally:
+        private_kafka.resume()
     assert seen and seen[-1]["read_pauses"] > 0, "reading never paused: the buffer was not reached"
     held = max(int(h["in_flight"]) for h in seen)
     assert 0 < held <= 16, f"{held} messages of 16 KiB held with a 128 KiB buffer"
+    assert wait_for_count(settings.kafka_bootstrap, settings.kafka_topic, 200, timeout_s=90) >= 200
+    wait_for(lambda: any(h["acked"] == 200 for h in heartbeats(bridge)), 30, "all 200 acked", interval_s=0.2)
     assert bridge.terminate() == 0
+    expected = [(topic, payload.ljust(16 * 1024)) for topic, payload in telemetry(settings, 200)]
+    assert_all_present(settings, expected, read_topic(settings.kafka_bootstrap, settings.kafka_topic))
 
 
 def test_mqtt_311_bridge_is_not_sent_an_acked_burst_again_after_a_clean_restart(
