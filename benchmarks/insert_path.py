@@ -7,17 +7,19 @@ consumer does. It prints the backend CPU per row (from /proc, the writer's conne
 measured batches, after a few warm-up batches, and the Python time spent formatting the COPY data.
 
 `--without` measures the same load with one promise taken away, to price it: `jsonb` (payload_json
-NULL: the server parses no JSON), `tenant-index` (no `messages_tenant_project_time`), `rls` (row-level
+NULL: the server parses no JSON), `tenant-index` (no `messages_tenant_project_time`), `kafka-key` (no
+`messages_kafka_record_key`: replays past the offset fence would be stored twice), `rls` (row-level
 security off on the two tables written), `message-id` (rows without a message id: no claim in
-`iot.message_ids`). None of these is a supported configuration; they answer "what would storing
-less save".
+`iot.message_ids`). `--json-type` stores payload_json as `json` instead of `jsonb`: the server checks
+the JSON and keeps its text, and parses it again at every read. None of these is a supported
+configuration; they answer "what would storing less save".
 
 `--warmup-batches N` writes N batches before measuring (5 by default) and `--checkpoint` then runs
 a CHECKPOINT: an older server, whose indexes are larger, whose shared buffers have all been touched
 and whose WAL segments are recycled instead of created and zero-filled.
 
 Usage: .venv/bin/python benchmarks/insert_path.py [--batch-size 2000] [--batches 40] [--without jsonb]
-       [--warmup-batches 5] [--checkpoint]
+       [--json-type] [--warmup-batches 5] [--checkpoint]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import datetime as dt
 import json
 import random
 import shutil
+import struct
 import tempfile
 import time
 from contextlib import ExitStack, closing
@@ -51,6 +54,7 @@ WARMUP_BATCHES = 5
 WITHOUT = {
     "jsonb": None,
     "tenant-index": "DROP INDEX iot.messages_tenant_project_time",
+    "kafka-key": "DROP INDEX iot.messages_kafka_record_key",
     "rls": "ALTER TABLE iot.messages NO FORCE ROW LEVEL SECURITY; ALTER TABLE iot.messages DISABLE ROW LEVEL SECURITY;"
            " ALTER TABLE iot.message_ids NO FORCE ROW LEVEL SECURITY; ALTER TABLE iot.message_ids DISABLE ROW LEVEL SECURITY",
     "message-id": None,
@@ -90,6 +94,15 @@ def make_rows(first_offset: int, count: int, received_at_ms: int, rng: random.Ra
     return rows
 
 
+def as_json_type(tuple_: bytes, row: MessageRow) -> bytes:
+    """``tuple_`` with its payload_json field in json's binary form (the text alone) instead of jsonb's
+    (a version byte, then the text): the consumer writes jsonb only."""
+    if row.json_text is None:
+        return tuple_
+    size = len(row.payload)
+    return tuple_.replace(struct.pack(">ib", size + 1, 1) + row.payload, struct.pack(">i", size) + row.payload, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=2000)
@@ -97,13 +110,16 @@ def main() -> int:
     parser.add_argument("--warmup-batches", type=int, default=WARMUP_BATCHES, help="batches written before measuring")
     parser.add_argument("--checkpoint", action="store_true", help="CHECKPOINT after the warm-up (see above)")
     parser.add_argument("--without", choices=sorted(WITHOUT), help="price one stored promise (see above)")
+    parser.add_argument("--json-type", action="store_true", help="payload_json as json, not jsonb (see above; the formatting figure then includes rewriting that field)")
     args = parser.parse_args()
     with ExitStack() as stack:
         settings = private_database(stack, "iot-bench-insert-", may_checkpoint=args.checkpoint)
-        if WITHOUT.get(args.without):
+        changes = [WITHOUT.get(args.without), "ALTER TABLE iot.messages ALTER COLUMN payload_json TYPE json" if args.json_type else None]
+        if any(changes):
             conn = connect(settings, autocommit=True)
             with conn.cursor() as cur:
-                cur.execute(WITHOUT[args.without])
+                for statement in filter(None, changes):
+                    cur.execute(statement)
             conn.close()
         now_ms = int(time.time() * 1000)
         rng = random.Random(1)
@@ -112,7 +128,9 @@ def main() -> int:
         started = time.process_time()
         batches = []
         for batch in rows:
-            batches.append(make_batch(batch, settings.kafka_topic, [copy_row(r, with_json=args.without != "jsonb") for r in batch]))
+            tuples = [copy_row(r, with_json=args.without != "jsonb") for r in batch]
+            batches.append(make_batch(batch, settings.kafka_topic, [as_json_type(t, r) for t, r in zip(tuples, batch)]
+                                      if args.json_type else tuples))
         formatting_s = time.process_time() - started
         writer = BatchWriter(settings)
         stack.callback(writer.close)
@@ -131,7 +149,7 @@ def main() -> int:
             writer.write(batch)
         measured = args.batches * args.batch_size
         print(json.dumps({"without": args.without, "batch_size": args.batch_size, "warmup_batches": args.warmup_batches,
-                          "checkpoint": args.checkpoint, "rows_measured": measured,
+                          "checkpoint": args.checkpoint, "json_type": args.json_type, "rows_measured": measured,
                           "backend_us_per_row": round((cpu_seconds(backend) - before) / measured * 1e6, 1),
                           "copy_format_us_per_row": round(formatting_s / len(batches) / args.batch_size * 1e6, 2)}))
     return 0
