@@ -110,11 +110,14 @@ def main() -> int:
     parser.add_argument("--warmup-batches", type=int, default=WARMUP_BATCHES, help="batches written before measuring")
     parser.add_argument("--checkpoint", action="store_true", help="CHECKPOINT after the warm-up (see above)")
     parser.add_argument("--without", choices=sorted(WITHOUT), help="price one stored promise (see above)")
-    parser.add_argument("--json-type", action="store_true", help="payload_json as json, not jsonb (see above; the formatting figure then includes rewriting that field)")
+    parser.add_argument("--json-type", action="store_true",
+                        help="payload_json as json, not jsonb (see above; the formatting figure then includes rewriting that field)")
     args = parser.parse_args()
     with ExitStack() as stack:
         settings = private_database(stack, "iot-bench-insert-", may_checkpoint=args.checkpoint)
-        changes = [WITHOUT.get(args.without), "ALTER TABLE iot.messages ALTER COLUMN payload_json TYPE json" if args.json_type else None]
+        changes = [WITHOUT.get(args.without)]
+        if args.json_type:
+            changes.append("ALTER TABLE iot.messages ALTER COLUMN payload_json TYPE json")
         if any(changes):
             conn = connect(settings, autocommit=True)
             with conn.cursor() as cur:
